@@ -1,0 +1,193 @@
+"""The contract every model family implements (no Ray here).
+
+A *family* is a class registered in :mod:`dvt_search.families` with a unique ``name``. ``build(params,
+spec)`` turns one configuration (a flat ``dict`` of search-space values, merged over
+``default_params()``) into a :class:`Model`, which trains epoch by epoch and reports through a callback so
+that a scheduler (ASHA in the runtime) can stop it between epochs.
+
+Metric names reported in :class:`EpochReport.metrics` (all floats):
+
+* ``val_auc`` — slice-level ROC AUC on the validation set: the search objective for every family.
+* ``val_loss``, ``train_loss`` — where the family has a loss (torch families).
+* family-specific extras, e.g. ``train_loss_cls`` / ``train_loss_pix`` / ``train_loss_dice`` (multitask,
+  paper Fig. 3), ``val_patch_auc`` (patch model), ``val_dice``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its inputs.
+
+    Attributes:
+        image_size: side of the square network input (512 in the paper; small on CPU).
+        windows: HU windows as ``(level, width)`` pairs; one input channel per window.
+        pos_fraction: fraction of positive (DVT) slices in the training partition.
+        vein_fraction: fraction of vein pixels in the training masks (for default pixel weights).
+    """
+
+    image_size: int = 512
+    windows: tuple[tuple[float, float], ...] = ((40.0, 400.0),)
+    pos_fraction: float = 0.5
+    vein_fraction: float = 0.01
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows)
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """Grid of the patch targets at the network input size (one cell per 32x32 block)."""
+        n = -(-self.image_size // 32)
+        return (n, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["windows"] = [list(w) for w in self.windows]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:
+        d = dict(d)
+        d["windows"] = tuple(tuple(float(x) for x in w) for w in d.get("windows", ((40.0, 400.0),)))
+        return cls(**d)
+
+
+@dataclass
+class FitData:
+    """Training inputs handed to :meth:`Model.fit`.
+
+    ``train``/``val`` are :class:`dvt_search.data.dataset.SliceDataset` instances (or any torch Dataset
+    yielding the same dicts). ``cache_dir`` is where a family may keep derived, reusable artefacts (the
+    SIFT descriptor cache); entries must be keyed by ``dataset.cache_key`` so different data never mix.
+    """
+
+    train: Any
+    val: Any
+    cache_dir: Path | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class EpochReport:
+    """Metrics of one finished epoch (``epoch`` counts from 1)."""
+
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+#: Called after every epoch with the report and the model (so the caller can checkpoint it).
+#: Returning ``True`` stops training after this epoch.
+EpochCallback = Callable[[EpochReport, "Model"], "bool | None"]
+
+
+class FitError(RuntimeError):
+    """Training cannot continue (e.g. a NaN/inf loss); the message says where and why."""
+
+
+class Model(ABC):
+    """One built configuration of a family."""
+
+    family: ClassVar[str]
+
+    def __init__(self, params: Mapping[str, Any], spec: DataSpec) -> None:
+        self.params = dict(params)
+        self.spec = spec
+        self.epochs_done = 0
+        self.history: list[EpochReport] = []
+
+    @abstractmethod
+    def fit(
+        self,
+        data: FitData,
+        epochs: int,
+        callback: EpochCallback | None = None,
+        **kwargs: Any,
+    ) -> list[EpochReport]:
+        """Train until ``epochs`` epochs are done in total (resuming from ``epochs_done``).
+
+        Calls ``callback`` after each epoch; stops early when it returns ``True``.
+        """
+
+    @abstractmethod
+    def predict(self, dataset: Any) -> np.ndarray:
+        """Per-slice DVT probabilities in [0, 1], in dataset order (``float64[len(dataset)]``)."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> Path:
+        """Write a self-describing checkpoint directory (``meta.json`` + weights, no pickles)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: str | Path) -> Model:
+        """Load a checkpoint written by :meth:`save` (safe: no untrusted pickle is executed)."""
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "params": self.params,
+            "spec": self.spec.to_dict(),
+            "epochs_done": self.epochs_done,
+            "history": [{"epoch": r.epoch, **r.metrics} for r in self.history],
+        }
+
+    def write_meta(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).write_text(json.dumps(self.meta(), indent=2, default=float))
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: not a dvt-search checkpoint (no {META_FILE})")
+    return json.loads(path.read_text())
+
+
+class Family(ABC):
+    """A registered model family. Subclasses set ``name``, ``kind`` and implement ``build``."""
+
+    name: ClassVar[str]
+    #: ``"torch"`` (trained by the shared engine, DDP-capable) or ``"classic"`` (CPU, e.g. SIFT+SVM)
+    kind: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def search_space_file(cls) -> str:
+        """Name of the family's search-space file under ``search_spaces/``."""
+        return f"{cls.name}.yaml"
+
+    @classmethod
+    @abstractmethod
+    def default_params(cls) -> dict[str, Any]:
+        """Every knob with its default (the paper's setting where it gives one)."""
+
+    @classmethod
+    @abstractmethod
+    def build(cls, params: Mapping[str, Any], spec: DataSpec) -> Model:
+        """A fresh model for ``default_params()`` updated by ``params`` (unknown keys raise ``KeyError``)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: str | Path) -> Model:
+        """Load a checkpoint of this family."""
+
+    @classmethod
+    def resolve_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``default_params()`` updated by ``params``; raises ``KeyError`` naming unknown keys."""
+        defaults = cls.default_params()
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise KeyError(f"family {cls.name!r} has no parameter(s) {unknown}; known: {sorted(defaults)}")
+        return {**defaults, **dict(params)}
