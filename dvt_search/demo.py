@@ -1,0 +1,127 @@
+"""``dvt-search demo``: the whole pipeline on the bundled phantom, sized for a laptop (``make demo``).
+
+Stages: phantom -> validate -> split (+ summary) -> search over every family on an embedded local Ray ->
+select -> report -> export -> predict on a phantom DICOM series. Each stage is the same code path the
+corresponding subcommand runs; the demo only picks small sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline on the bundled phantom (small sizes)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory (default: demo_out)")
+    p.add_argument("--patients", type=int, default=10, help="phantom patients (default: 10)")
+    p.add_argument("--size", type=int, default=64, help="phantom slice size in pixels (default: 64)")
+    p.add_argument("--slices-per-scan", type=int, default=12, help="mean slices per scan (default: 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=2, help="trials per family (default: 2)")
+    p.add_argument("--max-epochs", type=int, default=2, help="epochs per CNN trial (default: 2)")
+    p.add_argument("--family", default="all", help="families to search: all or NAME[,NAME] (default: all)")
+    p.add_argument("--no-search", action="store_true", help="stop after the data stages")
+    p.set_defaults(func=run)
+
+
+def _stage(title: str) -> float:
+    print(f"\n=== {title} ===", flush=True)
+    return time.perf_counter()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import phantom, splits, validate
+    from .data.schema import read_manifest
+
+    out: Path = args.out
+    data_dir = out / "data"
+    t_all = time.perf_counter()
+
+    t = _stage("1. phantom")
+    manifest = data_dir / "manifest.parquet"
+    if manifest.is_file():
+        print(f"reusing {manifest}")
+    else:
+        manifest = phantom.generate(
+            data_dir,
+            patients=args.patients,
+            seed=args.seed,
+            size=args.size,
+            slices_per_scan=args.slices_per_scan,
+        )
+    print(f"manifest: {manifest} ({time.perf_counter() - t:.1f} s)")
+
+    t = _stage("2. validate")
+    report = validate.validate_manifest(manifest)
+    print(report.format())
+    if not report.ok:
+        return 1
+
+    _stage("3. split (paper rule, patient-disjoint)")
+    df = read_manifest(manifest)
+    sp = splits.make_splits(df, seed=args.seed, anatomy=("femoral",))
+    splits_path = sp.save(data_dir / "splits.json")
+    print(f"splits: {splits_path} (hash {sp.hash[:12]})")
+    print(splits.format_summary(splits.summarize(df, sp)))
+
+    if args.no_search or importlib.util.find_spec("dvt_search.runtime.driver") is None:
+        print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s (data stages only)")
+        return 0
+    return _search_and_after(args, manifest, splits_path, t_all)
+
+
+def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Path, t_all: float) -> int:
+    from .cli import main as cli_main
+
+    run_root = args.out / "runs"
+    run_name = "demo"
+    _stage("4. search (embedded local Ray; dashboard on 127.0.0.1)")
+    rc = cli_main(
+        [
+            "search",
+            "--data",
+            str(manifest),
+            "--splits",
+            str(splits_path),
+            "--family",
+            args.family,
+            "--trials",
+            str(args.trials),
+            "--max-epochs",
+            str(args.max_epochs),
+            "--size",
+            str(args.size),
+            "--storage",
+            str(run_root),
+            "--name",
+            run_name,
+            "--seed",
+            str(args.seed),
+        ]
+    )
+    if rc:
+        return rc
+    run_dir = run_root / run_name
+    if importlib.util.find_spec("dvt_search.select.cli") is None:
+        print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s; run directory: {run_dir}")
+        return 0
+    for title, argv in (
+        ("5. select", ["select", str(run_dir)]),
+        ("6. report", ["report", str(run_dir), "--out", str(Path("reports") / run_name)]),
+        ("7. export", ["export", str(run_dir), "--out", str(args.out / "export")]),
+    ):
+        _stage(title)
+        rc = cli_main(argv)
+        if rc:
+            return rc
+    print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s")
+    print(f"report: {Path('reports') / run_name / 'report.html'}")
+    return 0
