@@ -232,14 +232,13 @@ def _balanced_bins(sizes: Mapping[str, int], k: int, rng: np.random.Generator) -
         big, small = int(np.argmax(totals)), int(np.argmin(totals))
         gap = totals[big] - totals[small]
         movable = [key for key in bins[big] if 0 < sizes[key] < gap and len(bins[big]) > 1]
-        if movable:
+        if movable:  # moving m (0 < m < gap) strictly lowers the sum of squared totals, so this ends
             key = min(movable, key=lambda m: abs(gap - 2 * sizes[m]))
-            if abs(gap - 2 * sizes[key]) < gap:
-                bins[big].remove(key)
-                bins[small].append(key)
-                totals[big] -= sizes[key]
-                totals[small] += sizes[key]
-                improved = True
+            bins[big].remove(key)
+            bins[small].append(key)
+            totals[big] -= sizes[key]
+            totals[small] += sizes[key]
+            improved = True
     return bins
 
 
@@ -305,7 +304,8 @@ def make_splits(
     if kfold is None:
         val = tuple(sorted(s for p in val_pids for s in scans_of[p]))
     else:
-        pool = {p: int(n) for p, n in patient_slices.items() if p not in set(test_pids)}
+        held_out = set(test_pids)
+        pool = {p: int(n) for p, n in patient_slices.items() if p not in held_out}
         if len(pool) < kfold:
             raise SplitsError(f"kfold={kfold} needs at least {kfold} non-test patients, there are {len(pool)}")
         bins = _balanced_bins(pool, int(kfold), _rng(seed, 4))
@@ -427,15 +427,15 @@ def summarize(df: pd.DataFrame, splits: Splits) -> pd.DataFrame:
 def format_summary(frame: pd.DataFrame) -> str:
     """A plain-text table of :func:`summarize` output with a total line."""
     lines = [f"{'partition':<10}{'patients':>9}{'scans':>7}{'slices':>8}{'slice%':>8}{'pos':>7}{'pos%':>7}{'band':>6}"]
-    for name, r in frame.iterrows():
+    counts = ["patients", "scans", "slices", "positives", "band_scans"]
+    total = frame[counts].sum()
+    rows = [(str(name), r, float(r["slice_fraction"])) for name, r in frame.iterrows()]
+    rows.append(("total", total, 1.0 if total["slices"] else float("nan")))
+    for name, r, frac in rows:
+        n = {c: int(r[c]) for c in counts}
+        pos = n["positives"] / n["slices"] if n["slices"] else float("nan")
         lines.append(
-            f"{name!s:<10}{r['patients']:>9d}{r['scans']:>7d}{r['slices']:>8d}{100 * r['slice_fraction']:>7.1f}%"
-            f"{r['positives']:>7d}{100 * r['pos_fraction']:>6.1f}%{r['band_scans']:>6d}"
+            f"{name:<10}{n['patients']:>9}{n['scans']:>7}{n['slices']:>8}{100 * frac:>7.1f}%"
+            f"{n['positives']:>7}{100 * pos:>6.1f}%{n['band_scans']:>6}"
         )
-    t = frame[["patients", "scans", "slices", "positives", "band_scans"]].sum()
-    pos = t["positives"] / t["slices"] if t["slices"] else float("nan")
-    lines.append(
-        f"{'total':<10}{t['patients']:>9d}{t['scans']:>7d}{t['slices']:>8d}{100.0:>7.1f}%"
-        f"{t['positives']:>7d}{100 * pos:>6.1f}%{t['band_scans']:>6d}"
-    )
     return "\n".join(lines)
