@@ -1,0 +1,232 @@
+"""The torch dataset every torch family trains on: one manifest row -> windowed image, mask, patches, label.
+
+Per item: read the HU slice and its mask (``.npy`` volumes are memory-mapped by :mod:`.io`), replace
+non-finite HU (NaN -> -1000 air, +/-inf -> 3071 / -1024), resize to ``size`` x ``size``, augment (training
+only), window into one channel per HU window, and derive the 32x32-block patch targets from the final mask.
+
+Resizing: images use ``INTER_AREA`` when shrinking (anti-aliased) and bilinear when enlarging. Masks are
+shrunk by area-averaging then ``> 0``, i.e. a network pixel is vein when ANY source pixel under it is (a
+max-pool), so a 2-3 pixel wide vein never vanishes at 64^2 or 128^2; enlarging uses nearest neighbour.
+
+The dataset holds only paths, indices and the manifest rows (no open files), so it pickles into DataLoader
+workers; memory maps are opened lazily per process. Call :meth:`SliceDataset.set_epoch` before each epoch
+to vary augmentation deterministically (with ``persistent_workers=True`` workers keep their own copy, so
+rebuild the loader or leave persistence off when augmenting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import os
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..families.base import DataSpec
+from .augment import Augment, augment_rng
+from .io import SliceReadError, load_slice
+from .schema import manifest_root, patches_from_mask, read_manifest, resolve
+from .splits import PARTITIONS, load_splits, manifest_fingerprint
+from .windowing import multi_window, parse_windows, window
+
+
+def resize_image(hu: np.ndarray, size: int) -> np.ndarray:
+    """Float32 HU slice resized to ``size`` x ``size`` (area when shrinking, bilinear when enlarging)."""
+    hu = np.asarray(hu, dtype=np.float32)
+    if hu.shape == (size, size):
+        return hu
+    shrink = hu.shape[0] > size or hu.shape[1] > size
+    return cv2.resize(hu, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Uint8 0/1 mask resized to ``size`` x ``size``; shrinking keeps any-coverage (max-pool like)."""
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    if binary.shape == (size, size):
+        return binary
+    if binary.shape[0] > size or binary.shape[1] > size:
+        area = cv2.resize(binary.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        return (area > 0).astype(np.uint8)
+    return cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+class SliceDataset(Dataset):
+    """Slices of a manifest frame as training samples (see the module docstring).
+
+    Args:
+        manifest_df: manifest rows (e.g. ``Splits.select(df, "train")``); the index is reset.
+        root: directory that relative ``image_path`` / ``mask_path`` entries are resolved against.
+        size: side of the square network input.
+        windows: HU windows ``(level, width)`` or preset names, one image channel each.
+        augment: training augmentation, or ``None`` (an identity :class:`Augment` counts as ``None``).
+        seed: augmentation seed; sample ``i`` in epoch ``e`` is augmented by ``(seed, e, i)``.
+    """
+
+    def __init__(
+        self,
+        manifest_df: pd.DataFrame,
+        root: str | os.PathLike[str],
+        *,
+        size: int = 512,
+        windows: Sequence[Any] = ((40.0, 400.0),),
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        if int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.frame = manifest_df.reset_index(drop=True)
+        self.root = Path(root)
+        self.size = int(size)
+        self.windows = parse_windows(windows)
+        self.augment = None if augment is None or augment.is_identity else augment
+        self.seed = int(seed)
+        self.epoch = 0
+        f = self.frame
+        self._images = [str(resolve(self.root, p)) for p in f["image_path"]]
+        self._masks = [str(resolve(self.root, p)) for p in f["mask_path"]]
+        self._image_index = f["image_index"].to_numpy(dtype=np.int64)
+        self._mask_index = f["mask_index"].to_numpy(dtype=np.int64)
+        self._labels = f["label"].to_numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Slice labels (0/1) in dataset order."""
+        return self._labels
+
+    @property
+    def patient_ids(self) -> np.ndarray:
+        return self.frame["patient_id"].astype(str).to_numpy()
+
+    @property
+    def scan_ids(self) -> np.ndarray:
+        return self.frame["scan_id"].astype(str).to_numpy()
+
+    @cached_property
+    def cache_key(self) -> str:
+        """SHA-256 of (fingerprint of these rows, size, windows): keys per-dataset caches."""
+        doc = {
+            "rows": manifest_fingerprint(self.frame),
+            "size": self.size,
+            "windows": [list(w) for w in self.windows],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw of ``epoch`` (no effect without augmentation)."""
+        self.epoch = int(epoch)
+
+    def _index(self, i: Any) -> int:
+        i = operator.index(i)
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n} slices")
+        return i
+
+    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Resized float32 HU and uint8 0/1 mask of row ``i``."""
+        mask = load_slice(self._masks[i], self._mask_index[i])
+        hu = load_slice(self._images[i], self._image_index[i])
+        if hu.shape != mask.shape:
+            row = self.frame.iloc[i]
+            raise SliceReadError(
+                f"row {i} (scan {row['scan_id']}, slice {row['slice_index']}): image {self._images[i]} "
+                f"shape {hu.shape} differs from mask {self._masks[i]} shape {mask.shape}"
+            )
+        hu = np.asarray(hu, dtype=np.float32)
+        if not np.isfinite(hu).all():
+            hu = np.nan_to_num(hu, nan=-1000.0, posinf=3071.0, neginf=-1024.0)
+        return resize_image(hu, self.size), resize_mask(mask, self.size)
+
+    def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:
+        i = self._index(i)
+        hu, mask = self._read(i)
+        if self.augment is not None:
+            hu, mask = self.augment(hu, mask, augment_rng(self.seed, self.epoch, i))
+        image = multi_window(hu, self.windows)
+        patches = patches_from_mask(mask).astype(np.float32)
+        return {
+            "image": torch.from_numpy(image),
+            "mask": torch.from_numpy(mask.astype(np.float32))[None],
+            "patches": torch.from_numpy(patches)[None],
+            "label": torch.tensor(float(self._labels[i]), dtype=torch.float32),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
+
+    def window_u8(self, i: Any) -> np.ndarray:
+        """Row ``i`` in the first window as ``uint8[size, size]``, never augmented (SIFT input)."""
+        hu, _ = self._read(self._index(i))
+        level, width = self.windows[0]
+        return np.rint(window(hu, level, width) * 255.0).astype(np.uint8)
+
+    def mask_at(self, i: Any) -> np.ndarray:
+        """Resized, unaugmented uint8 mask of row ``i`` (reads no image)."""
+        i = self._index(i)
+        return resize_mask(load_slice(self._masks[i], self._mask_index[i]), self.size)
+
+
+def spec_for(train: SliceDataset, *, max_masks: int = 256, seed: int = 0) -> DataSpec:
+    """The :class:`DataSpec` of a training dataset.
+
+    ``pos_fraction`` is exact; ``vein_fraction`` is the mean mask value over up to ``max_masks`` slices
+    drawn with a seeded RNG (resized, unaugmented). Either may be 0 on degenerate data.
+    """
+    n = len(train)
+    if n == 0:
+        raise ValueError("cannot derive a DataSpec from an empty training dataset")
+    picks = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_masks), replace=False))
+    vein = float(np.mean([train.mask_at(int(i)).mean() for i in picks]))
+    return DataSpec(
+        image_size=train.size,
+        windows=train.windows,
+        pos_fraction=float(train.labels.mean()),
+        vein_fraction=vein,
+    )
+
+
+def build_datasets(
+    manifest_path: str | os.PathLike[str],
+    splits_path: str | os.PathLike[str],
+    *,
+    size: int = 512,
+    windows: Sequence[Any] = ((40.0, 400.0),),
+    augment: Augment | None = None,
+    seed: int = 0,
+    fold: int | None = None,
+) -> dict[str, SliceDataset]:
+    """``{"train", "val", "test"}`` datasets of a manifest and its verified ``splits.json``.
+
+    The splits file must match the manifest's fingerprint (else :class:`~.splits.SplitsError`). Only the
+    training dataset is augmented. With ``fold=k`` (k-fold splits) train/val are fold ``k``'s.
+    """
+    df = read_manifest(manifest_path)
+    splits = load_splits(splits_path, manifest_df=df)
+    if fold is None:
+        rows = {p: splits.select(df, p) for p in PARTITIONS}
+    else:
+        train_ids, val_ids = splits.fold(fold)
+        rows = {
+            "train": splits.select_scans(df, train_ids),
+            "val": splits.select_scans(df, val_ids),
+            "test": splits.select(df, "test"),
+        }
+    root = manifest_root(manifest_path)
+    return {
+        p: SliceDataset(
+            r, root, size=size, windows=windows, augment=augment if p == "train" else None, seed=seed
+        )
+        for p, r in rows.items()
+    }
