@@ -1,0 +1,347 @@
+"""DICOM CT series: discovery, slice ordering, HU conversion, masks and labels.
+
+Series are found by walking folders and grouping Part-10 files (with the ``DICM`` header) that hold an
+image by SeriesInstanceUID; other files are skipped. Compressed transfer syntaxes decode through
+pydicom's plugins (JPEG baseline/extended/lossless via pylibjpeg-libjpeg, JPEG 2000 via
+pylibjpeg-openjpeg, JPEG-LS via pyjpegls, RLE). Pixels become HU with RescaleSlope/RescaleIntercept.
+Slices are ordered by ImagePositionPatient projected on the slice normal (cross product of the two
+ImageOrientationPatient directions, signed to point superior), so slice 0 is the most inferior; without
+position/orientation the order falls back to InstanceNumber, with a warning. A series whose files differ
+in rows, columns, pixel spacing or orientation, hold colour or multi-frame images, or share a position is
+rejected naming the file. In-plane orientation is kept as stored. Header values (names, ids, dates) are
+never logged or written; the PatientID is only handed to ingest for pseudonymization.
+
+Labels CSV for ``dvt-search data ingest dicom`` (paths relative to the CSV's folder)::
+
+    series,slice,label,anatomy,mask,patient
+    1.2.840.113619.2.55.3.1234,0-40,0,femoral,masks/s1.nii.gz,
+    1.2.840.113619.2.55.3.1234,41-60,1,,,
+    patient07/ct_venous,all,0,iliac,,
+
+* ``series`` (required): the SeriesInstanceUID, or the folder holding the series' files (relative to the
+  ingest root, or absolute) when that folder holds exactly one series.
+* ``slice`` (required): ``k``, an inclusive range ``a-b`` or ``all``, counted after ordering (0 = most
+  inferior). Slices not covered are left out of the manifest (their pixels are still stored).
+* ``label`` (required): ``0`` / ``1`` (clot in the slice). ``anatomy``: ``femoral`` / ``iliac`` (empty:
+  ``--anatomy``).
+* ``mask``: vein mask volume for the series (DICOM SEG is not read): NIfTI (reoriented onto the series'
+  voxel grid from its affine, which must match) or ``.npy`` ``[Z, H, W]`` already in the ingest order. Give
+  it on one row of the series (or the same path on several). Without one, ``--allow-missing-masks`` writes
+  an all-zero mask; otherwise the series is an error.
+* ``patient``: optional original patient key overriding the header PatientID (pseudonymized the same way).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from . import (
+    LabeledScan,
+    ReaderError,
+    Scan,
+    TableRow,
+    parse_anatomy,
+    parse_label,
+    parse_slices,
+    read_mask_volume,
+    read_table,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("series", "slice", "label", "anatomy", "mask", "patient")
+
+
+@dataclass
+class DicomSeries:
+    """The files of one series (``uid`` hidden from ``repr``), in discovery order."""
+
+    uid: str = field(repr=False)
+    files: list[Path]
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the files (their common parent)."""
+        return Path(os.path.commonpath([f.parent for f in self.files]))
+
+
+@dataclass
+class DicomVolume:
+    """A read series: the scan, its voxel-to-RAS ``affine`` (None when ordered by InstanceNumber) and keys."""
+
+    scan: Scan
+    affine: np.ndarray | None
+    spacing: tuple[float, float, float]
+    study_uid: str = field(repr=False)
+    patient_id: str = field(repr=False)
+
+
+def find_series(roots: Path | str | Sequence[Path | str]) -> list[DicomSeries]:
+    """All image series under ``roots`` (folders walked recursively, or files), ordered by folder."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for root in map(Path, roots):
+        if not root.exists():
+            raise ReaderError(f"{root}: no such file or folder")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"])
+            except (InvalidDicomError, OSError, ValueError, EOFError):
+                log.debug("%s: not a DICOM file, skipped", f)
+                continue
+            if "Rows" not in ds:
+                continue
+            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+            if not uid:
+                log.warning("%s: image without SeriesInstanceUID, skipped", f)
+                continue
+            groups[uid].append(f)
+    series = [DicomSeries(uid, files) for uid, files in groups.items()]
+    return sorted(series, key=lambda s: (str(s.folder), str(s.files[0])))
+
+
+def _floats(ds: Any, tag: str, n: int) -> np.ndarray | None:
+    value = ds.get(tag)
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return arr if arr is not None and arr.size == n and np.isfinite(arr).all() else None
+
+
+def _geometry(ds: Any) -> dict[str, Any]:
+    spacing, iop = _floats(ds, "PixelSpacing", 2), _floats(ds, "ImageOrientationPatient", 6)
+    return {
+        "size (rows x columns)": f"{ds.get('Rows')}x{ds.get('Columns')}",
+        "PixelSpacing": None if spacing is None else tuple(round(float(v), 3) for v in spacing),
+        "ImageOrientationPatient": None if iop is None else tuple(round(float(v), 3) for v in iop),
+    }
+
+
+def _check_consistent(datasets: list[tuple[Path, Any]]) -> None:
+    """Reject colour/multi-frame files and any file whose geometry differs from most of the series'."""
+    for f, ds in datasets:
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise ReaderError(
+                f"{f}: colour image (SamplesPerPixel={ds.SamplesPerPixel}); CT slices are greyscale"
+            )
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise ReaderError(f"{f}: multi-frame DICOM is not supported (one slice per file expected)")
+    geometry = [_geometry(ds) for _, ds in datasets]
+    for what in geometry[0]:
+        values = [g[what] for g in geometry]
+        common = Counter(values).most_common(1)[0][0]
+        example = datasets[values.index(common)][0]
+        for (f, _), v in zip(datasets, values):
+            if v != common:
+                raise ReaderError(
+                    f"{f}: {what} {v} differs from {common} in the rest of the series (e.g. {example})"
+                )
+    if geometry[0]["PixelSpacing"] is None:
+        raise ReaderError(f"{datasets[0][0]}: no valid PixelSpacing")
+
+
+def _order(
+    datasets: list[tuple[Path, Any]], folder: Path
+) -> tuple[list[int], np.ndarray | None, float | None]:
+    """Slice order (inferior first), the unit normal and the median slice step (None when not known)."""
+    iop = _floats(datasets[0][1], "ImageOrientationPatient", 6)
+    ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in datasets]
+    if iop is not None and all(p is not None for p in ipps):
+        normal = np.cross(iop[:3], iop[3:])
+        normal /= np.linalg.norm(normal) or 1.0
+        if normal[2] < 0:
+            normal = -normal
+        pos = np.array([float(p @ normal) for p in ipps])
+        order = [int(i) for i in np.argsort(pos, kind="stable")]
+        steps = np.diff(pos[order])
+        for k in np.flatnonzero(steps < 1e-3):
+            a, b = datasets[order[k]][0], datasets[order[k + 1]][0]
+            raise ReaderError(f"{b}: same slice position as {a} (duplicate slice?)")
+        step = float(np.median(steps)) if steps.size else None
+        if step and np.any(np.abs(steps - step) > 0.1 * step):
+            log.warning(
+                "%s: uneven slice spacing (%.3g to %.3g mm): missing slices?",
+                folder,
+                steps.min(),
+                steps.max(),
+            )
+        return order, normal, step
+    if len(datasets) == 1:
+        return [0], None, None
+    numbers = [ds.get("InstanceNumber") for _, ds in datasets]
+    if any(n is None for n in numbers) or len(set(map(int, numbers))) != len(numbers):
+        raise ReaderError(
+            f"{folder}: slices have neither ImagePositionPatient/Orientation nor unique InstanceNumbers"
+        )
+    log.warning(
+        "%s: no ImagePositionPatient/ImageOrientationPatient; slices ordered by InstanceNumber "
+        "(slice 0 may not be the most inferior)",
+        folder,
+    )
+    return [int(i) for i in np.argsort([int(n) for n in numbers], kind="stable")], None, None
+
+
+def _one_value(datasets: list[tuple[Path, Any]], tag: str, folder: Path) -> str:
+    values = {str(ds.get(tag, "") or "").strip() for _, ds in datasets}
+    if len(values) > 1:
+        raise ReaderError(f"{folder}: files of one series carry different {tag} values")
+    return values.pop()
+
+
+def read_series(series: DicomSeries) -> DicomVolume:
+    """Read, check and order the series; pixels in HU (float32), slice 0 the most inferior."""
+    import pydicom
+
+    datasets = []
+    for f in series.files:
+        try:
+            datasets.append((f, pydicom.dcmread(f)))
+        except Exception as exc:  # corrupt files raise many types
+            raise ReaderError(f"{f}: cannot read DICOM: {type(exc).__name__}: {exc}") from exc
+    _check_consistent(datasets)
+    order, normal, step = _order(datasets, series.folder)
+    ref = datasets[order[0]][1]
+    if str(ref.get("Modality", "")) != "CT":
+        log.warning(
+            "%s: modality is %s, not CT; values may not be HU", series.folder, ref.get("Modality", "unknown")
+        )
+    vol = np.empty((len(order), int(ref.Rows), int(ref.Columns)), dtype=np.float32)
+    for z, i in enumerate(order):
+        f, ds = datasets[i]
+        try:
+            vol[z] = io.dicom_to_hu(ds.pixel_array, ds)
+        except Exception as exc:  # decoder plugins raise many types
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", "unknown transfer syntax")
+            raise ReaderError(f"{f}: cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
+    ps = _floats(ref, "PixelSpacing", 2)
+    thickness = float(ref.get("SliceThickness", 0) or 0) or step
+    if not thickness or thickness <= 0:
+        raise ReaderError(f"{datasets[order[0]][0]}: no SliceThickness and the slice spacing is unknown")
+    affine = None
+    if normal is not None:
+        iop = _floats(ref, "ImageOrientationPatient", 6)
+        affine = np.eye(4)
+        affine[:3, 0] = normal * (step or thickness)
+        affine[:3, 1] = iop[3:] * ps[0]
+        affine[:3, 2] = iop[:3] * ps[1]
+        affine[:3, 3] = _floats(ref, "ImagePositionPatient", 3)
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS, as NIfTI affines are
+    scan = Scan(vol, None, float(ps[0]), float(ps[1]), float(thickness), "dicom", str(series.folder))
+    study = _one_value(datasets, "StudyInstanceUID", series.folder)
+    patient = _one_value(datasets, "PatientID", series.folder)
+    return DicomVolume(scan, affine, (float(step or thickness), float(ps[0]), float(ps[1])), study, patient)
+
+
+def _match(
+    series: list[DicomSeries], roots: list[Path], csv_path: Path, rows: list[TableRow]
+) -> dict[int, list[TableRow]]:
+    """Label rows grouped by the index of the series they name."""
+    by_uid = {s.uid: k for k, s in enumerate(series)}
+    by_folder: dict[Path, list[int]] = defaultdict(list)
+    for k, s in enumerate(series):
+        by_folder[s.folder.resolve()].append(k)
+    out: dict[int, list[TableRow]] = defaultdict(list)
+    for row in rows:
+        key = row.get("series")
+        if key in by_uid:
+            out[by_uid[key]].append(row)
+            continue
+        p = Path(key).expanduser()
+        hits = {
+            k
+            for c in ([p] if p.is_absolute() else [r / p for r in roots])
+            for k in by_folder.get(c.resolve(), [])
+        }
+        if len(hits) > 1:
+            raise ReaderError(
+                f"{row.where(csv_path, 'series')}: folder holds {len(hits)} series; name one by SeriesInstanceUID"
+            )
+        if not hits:
+            raise ReaderError(
+                f"{row.where(csv_path, 'series')}: no DICOM series with that UID or folder under the ingest root"
+            )
+        out[hits.pop()].append(row)
+    return out
+
+
+def iter_scans(
+    roots: Path | str | Sequence[Path | str],
+    labels_csv: Path | str,
+    *,
+    anatomy: str,
+    allow_missing_masks: bool = False,
+) -> Iterator[LabeledScan]:
+    """Yield every labelled series as a :class:`LabeledScan` (one series in memory at a time)."""
+    root_list = [Path(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
+    csv_path = Path(labels_csv)
+    rows = read_table(csv_path, ("series", "slice", "label"), LABEL_COLUMNS)
+    series = find_series(root_list)
+    if not series:
+        raise ReaderError(f"no DICOM image series under {', '.join(map(str, root_list))}")
+    matched = _match(series, [r.resolve() for r in root_list], csv_path, rows)
+    skipped = [str(s.folder) for k, s in enumerate(series) if k not in matched]
+    if skipped:
+        log.warning("%d series have no labels and are skipped: %s", len(skipped), ", ".join(skipped[:10]))
+    for k in sorted(matched):
+        yield _labeled(series[k], matched[k], csv_path, anatomy, allow_missing_masks)
+
+
+def _labeled(
+    series: DicomSeries, rows: list[TableRow], csv_path: Path, anatomy: str, allow_missing: bool
+) -> LabeledScan:
+    vol = read_series(series)
+    n = vol.scan.image.shape[0]
+    labels: dict[int, int] = {}
+    sites: dict[int, str] = {}
+    for row in rows:
+        label = parse_label(row.get("label"), row.where(csv_path, "label"))
+        site = parse_anatomy(row.get("anatomy"), anatomy, row.where(csv_path, "anatomy"))
+        for z in parse_slices(row.get("slice"), n, row.where(csv_path, "slice")):
+            if labels.setdefault(z, label) != label or sites.setdefault(z, site) != site:
+                raise ReaderError(
+                    f"{row.where(csv_path)}: slice {z} of {series.folder} labelled twice, differently"
+                )
+    if len(labels) < n:
+        log.warning(
+            "%s: %d of %d slices have no label and are left out of the manifest",
+            series.folder,
+            n - len(labels),
+            n,
+        )
+    masks = {row.get("mask") for row in rows} - {""}
+    patients = {row.get("patient") for row in rows} - {""}
+    if len(masks) > 1 or len(patients) > 1:
+        raise ReaderError(f"{csv_path}: rows for {series.folder} give different mask or patient values")
+    if masks:
+        text = masks.pop()
+        path = Path(text).expanduser() if Path(text).is_absolute() else csv_path.parent / text
+        vol.scan.mask = read_mask_volume(
+            path, vol.scan.image.shape, vol.affine, vol.spacing, f"{csv_path} mask for {series.folder}"
+        )
+    elif allow_missing:
+        log.warning(
+            "%s: no mask given; writing an all-zero mask (its patch arrays will be all 0)", series.folder
+        )
+    else:
+        raise ReaderError(
+            f"{csv_path}: no mask for series in {series.folder} (add a mask column or pass --allow-missing-masks)"
+        )
+    patient = patients.pop() if patients else vol.patient_id
+    if not patient:
+        raise ReaderError(f"{series.folder}: no PatientID in the files; add a patient column to {csv_path}")
+    return LabeledScan(vol.scan, patient, vol.study_uid or series.uid, series.uid, labels, sites)
