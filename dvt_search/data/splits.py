@@ -127,7 +127,7 @@ class Splits:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document, ``hash`` included."""
         body = self._body()
-        return {**body, "hash": _content_hash(body)}
+        return {**body, "hash": content_hash(body)}
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -144,7 +144,7 @@ class Splits:
     @cached_property
     def hash(self) -> str:
         """SHA-256 of the canonical JSON of every field but ``hash``."""
-        return _content_hash(self._body())
+        return content_hash(self._body())
 
     @cached_property
     def _partition_of(self) -> dict[str, str]:
@@ -195,7 +195,7 @@ class Splits:
         return path
 
 
-def _content_hash(body: Mapping[str, Any]) -> str:
+def content_hash(body: Mapping[str, Any]) -> str:
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -385,7 +385,7 @@ def load_splits(path: str | os.PathLike[str], manifest_df: pd.DataFrame | None =
     if set(doc) != set(_KEYS):
         raise _fail(path, f"fields {sorted(doc)} differ from the expected {sorted(_KEYS)}")
     body = {k: v for k, v in doc.items() if k != "hash"}
-    if _content_hash(body) != doc["hash"]:
+    if content_hash(body) != doc["hash"]:
         raise _fail(path, "content hash mismatch: the file was edited after it was written")
     parts = doc["partitions"]
     if not isinstance(parts, dict) or set(parts) != set(PARTITIONS):

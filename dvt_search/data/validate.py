@@ -24,7 +24,6 @@ line 1; quoted fields holding line breaks would shift it). The file checks live 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,9 +37,9 @@ import numpy as np
 import pandas as pd
 
 from . import schema
+from .splits import SPLITS_FORMAT, SplitsError, content_hash, manifest_fingerprint
 from .validate_files import check_row_files, resolver
 
-SPLITS_FORMAT = "dvt-search-splits/1"
 _ID_COLUMNS = ("patient_id", "study_id", "scan_id", "image_path", "mask_path", "source")
 _INDEX_COLUMNS = ("slice_index", "image_index", "mask_index")
 _POSITIVE_FLOAT_COLUMNS = ("spacing_row_mm", "spacing_col_mm", "slice_thickness_mm")
@@ -371,12 +370,6 @@ def _check_scan_warnings(scan: str, idx: list[int], rows: list[dict[str, Any]], 
 
 
 # --------------------------------------------------------------------------------------------- splits
-def splits_hash(doc: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of every field but ``hash``."""
-    body = {k: v for k, v in doc.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _check_splits(path: Path, rows: list[dict[str, Any]], out: _Collector) -> None:
     name = path.name
     try:
@@ -388,8 +381,16 @@ def _check_splits(path: Path, rows: list[dict[str, Any]], out: _Collector) -> No
         return
     if doc.get("format") != SPLITS_FORMAT:
         out.error(None, "splits", f"{name}: format is {doc.get('format')!r}, expected {SPLITS_FORMAT!r}")
-    if doc.get("hash") != splits_hash(doc):
+    if doc.get("hash") != content_hash({k: v for k, v in doc.items() if k != "hash"}):
         out.error(None, "splits", f"{name}: hash mismatch: the file was edited after it was written")
+    fingerprint = doc.get("manifest_fingerprint")
+    if fingerprint is not None and rows:
+        try:
+            actual = manifest_fingerprint(pd.DataFrame(rows))
+        except (SplitsError, ValueError, TypeError):
+            actual = None  # malformed rows are reported by the row checks
+        if actual is not None and actual != fingerprint:
+            out.error(None, "splits", f"{name}: made for a different manifest (fingerprint mismatch)")
     parts = doc.get("partitions")
     if not isinstance(parts, dict) or not all(isinstance(v, list) for v in parts.values()):
         out.error(None, "splits", f"{name}: 'partitions' must map partition names to lists of scan ids")

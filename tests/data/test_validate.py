@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from dvt_search.data import io, schema
+from dvt_search.data.splits import manifest_fingerprint
 from dvt_search.data.validate import RowError, validate_manifest
 
 SIZE = 40  # not a multiple of 32: the patch grid has a partial edge block (2x2)
@@ -300,14 +301,16 @@ def test_no_files_skips_file_checks(tmp_path: Path, ds: pd.DataFrame) -> None:
     assert not validate_manifest(path).ok
 
 
-def write_splits(path: Path, partitions: dict[str, list[str]], **override: object) -> Path:
+def write_splits(
+    path: Path, partitions: dict[str, list[str]], manifest: pd.DataFrame, **override: object
+) -> Path:
     doc = {
         "format": "dvt-search-splits/1",
         "seed": 0,
         "rule": "paper-percentile",
         "anatomy": ["femoral"],
         "quantiles": [1 / 3, 2 / 3],
-        "manifest_fingerprint": "0" * 64,
+        "manifest_fingerprint": manifest_fingerprint(manifest),
         "partitions": partitions,
         "folds": None,
     }
@@ -323,22 +326,31 @@ def test_splits_ok_and_patient_in_two_partitions(tmp_path: Path) -> None:
     ds.loc[2, "patient_id"] = "P0"  # scan2 belongs to P0 as well
     ds.loc[2, "study_id"] = "st0"
     manifest = write(ds, tmp_path / "m.parquet")
-    good = write_splits(tmp_path / "good.json", {"train": ["scan0", "scan2"], "val": ["scan1"], "test": []})
+    good = write_splits(tmp_path / "good.json", {"train": ["scan0", "scan2"], "val": ["scan1"], "test": []}, ds)
     assert validate_manifest(manifest, splits_path=good).ok
-    bad = write_splits(tmp_path / "bad.json", {"train": ["scan0"], "val": ["scan1"], "test": ["scan2"]})
+    bad = write_splits(tmp_path / "bad.json", {"train": ["scan0"], "val": ["scan1"], "test": ["scan2"]}, ds)
     report = validate_manifest(manifest, splits_path=bad)
     assert [e.field for e in report.errors] == ["splits"]
     assert "patient 'P0' is in more than one partition: ['test', 'train']" in report.errors[0].message
 
 
+def test_splits_for_another_manifest(tmp_path: Path, ds: pd.DataFrame) -> None:
+    manifest = write(ds, tmp_path / "m.parquet")
+    other = ds.copy()
+    other.loc[0, "label"] = 1 - int(other.loc[0, "label"])
+    splits = write_splits(tmp_path / "s.json", {"train": ["scan0"], "val": ["scan1"], "test": []}, other)
+    report = validate_manifest(manifest, splits_path=splits)
+    assert [e.message for e in report.errors] == ["s.json: made for a different manifest (fingerprint mismatch)"]
+
+
 def test_splits_hash_mismatch_and_unknown_scan(tmp_path: Path, ds: pd.DataFrame) -> None:
     manifest = write(ds, tmp_path / "m.parquet")
-    edited = write_splits(tmp_path / "s.json", {"train": ["scan0"], "val": ["scan1"], "test": []}, seed=7)
+    edited = write_splits(tmp_path / "s.json", {"train": ["scan0"], "val": ["scan1"], "test": []}, ds, seed=7)
     report = validate_manifest(manifest, splits_path=edited)
     assert [e.message.split(": ", 1)[1] for e in report.errors] == [
         "hash mismatch: the file was edited after it was written"
     ]
-    unknown = write_splits(tmp_path / "u.json", {"train": ["scan0", "scanX"], "val": ["scan1"], "test": []})
+    unknown = write_splits(tmp_path / "u.json", {"train": ["scan0", "scanX"], "val": ["scan1"], "test": []}, ds)
     report = validate_manifest(manifest, splits_path=unknown)
     assert len(report.errors) == 1 and "1 scan(s) not in the manifest" in report.errors[0].message
     (tmp_path / "junk.json").write_text("{not json")
