@@ -59,6 +59,21 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def _file_identity(root: Path, rel: str) -> list[Any]:
+    path = resolve(root, rel)
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            digest.update(fh.read(65536))
+            if size > 65536:
+                fh.seek(max(65536, size - 65536))
+                digest.update(fh.read(65536))
+    except OSError:
+        return [rel, -1, ""]
+    return [rel, size, digest.hexdigest()]
+
+
 class SliceDataset(Dataset):
     """Slices of a manifest frame as training samples (see the module docstring).
 
@@ -115,9 +130,15 @@ class SliceDataset(Dataset):
 
     @cached_property
     def cache_key(self) -> str:
-        """SHA-256 of (fingerprint of these rows, size, windows): keys per-dataset caches."""
+        """SHA-256 of (fingerprint of these rows, their image files, size, windows): keys per-dataset caches.
+
+        The image files enter by relative path, byte size and a digest of their first and last 64 KiB, so
+        re-ingested pixels under the same ids get a new key while a copy of the store on another node
+        (same bytes, other mtimes) keeps it.
+        """
         doc = {
             "rows": manifest_fingerprint(self.frame),
+            "files": [_file_identity(self.root, p) for p in sorted(set(self.frame["image_path"]))],
             "size": self.size,
             "windows": [list(w) for w in self.windows],
         }
