@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs, when running as root with apt-get available.
 # Without them the tests that need them skip and say why; nothing else depends on them.
+#   openssh-server/-client, rsync, netcat-openbsd: the real `ray up`/`submit`/`down` launch-flow test
+#     (sshd on a loopback port; the cluster launcher copies files with rsync and reaches that port
+#     through an `nc` proxy command; tests/cluster/)
+#   chromium: the report screenshot test
 set -u
 need=()
-command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
