@@ -108,6 +108,7 @@ class TrialRecord:
     optuna_number: int | None = None
     error: str | None = None
     has_checkpoint: bool = False
+    failures: int = 0  # failed attempts (retried from the last checkpoint, or final for status failed)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -1,0 +1,299 @@
+"""Driver-side Tune callbacks: the run-directory records and the live progress lines.
+
+:class:`RecordsCallback` writes through :class:`dvt_search.search.records.RunDir` (the contract the
+selector reads, with no Ray): ``trial.json`` on start / each result / completion / error, one
+``metrics.jsonl`` line per epoch, and at the trial's end a copy of its best checkpoint in
+``trials/<family>/<trial_id>/checkpoint/``. Checkpoint sources: a ``direct`` trial's Tune checkpoints
+arrive through ``on_checkpoint`` right after the epoch's result; a ``ray-train`` trial's results carry the
+Train checkpoint's path as ``checkpoint_path`` (``TuneReportCallback``). The callback's state (best
+checkpoint per trial, accumulated wall time) is part of Tune's experiment snapshot, so a resumed driver
+continues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from dvt_search.search.records import RunDir, TrialRecord
+
+log = logging.getLogger(__name__)
+
+#: Keys Tune (or TuneReportCallback) adds to a result that are not the family's metrics.
+_NOT_METRICS = set(AUTO_RESULT_KEYS) | {
+    "done",
+    "trial_id",
+    "experiment_tag",
+    "should_checkpoint",
+    "checkpoint_path",
+    "iterations_since_restore",
+    "time_since_restore",
+}
+
+
+def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The family's metrics (plus ``epoch``) from a Tune result."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def copy_checkpoint(src: str | Path, dst: Path) -> None:
+    """Copy a checkpoint directory to ``dst`` atomically (hard links when on the same filesystem)."""
+    src = Path(src)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link_or_copy(s: str, d: str) -> None:
+        try:
+            os.link(s, d)  # checkpoint files are immutable once written
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+class RecordsCallback(Callback):
+    """Writes the run-directory records of one family's Tune experiment.
+
+    Args:
+        run_dir: the run directory.
+        family: family name.
+        budget: epochs of a full trial (fewer = ``stopped`` by the scheduler).
+        metric: metric that ranks epochs (``val_auc``).
+        mode: ``max`` or ``min``.
+        cpus: CPUs reserved per trial (all workers together).
+        gpus: GPUs reserved per trial (all workers together).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        family: str,
+        *,
+        budget: int,
+        metric: str,
+        mode: str,
+        cpus: float,
+        gpus: float,
+    ) -> None:
+        self.run = RunDir(run_dir)
+        self.family = family
+        self.budget = budget
+        self.metric = metric
+        self.mode = mode
+        self.cpus = cpus
+        self.gpus = gpus
+        self._state: dict[str, dict[str, Any]] = {}  # per trial: best score/epoch/checkpoint, wall time
+        self._started: dict[str, float] = {}
+        self._last_epoch: dict[str, int] = {}
+        self._first_step = True
+
+    # --- state kept in Tune's experiment snapshot -----------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {"trials": self._state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._state = dict(state.get("trials", {}))
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def _record(self, trial: Any) -> TrialRecord:
+        f = self.run.trial_dir(self.family, trial.trial_id) / "trial.json"
+        if f.is_file():
+            import json
+
+            return TrialRecord.from_dict(json.loads(f.read_text()))
+        cfg = trial.config
+        return TrialRecord(
+            trial_id=trial.trial_id,
+            family=self.family,
+            params=dict(cfg.get("params", {})),
+            max_epochs=self.budget,
+            optuna_number=cfg.get("optuna_number"),
+        )
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        # ties go to the later epoch: Tune/Train keep the later of equally scored checkpoints
+        return value >= best if self.mode == "max" else value <= best
+
+    def _wall(self, trial_id: str) -> float:
+        st = self._state.setdefault(trial_id, {})
+        started = self._started.pop(trial_id, None)
+        if started is not None:
+            st["wall_s"] = st.get("wall_s", 0.0) + time.monotonic() - started
+        return st.get("wall_s", 0.0)
+
+    def _finish(self, trial: Any, status: str, error: str | None = None) -> None:
+        rec = self._record(trial)
+        st = self._state.setdefault(trial.trial_id, {})
+        rec.wall_s = self._wall(trial.trial_id)
+        rec.cpu_s = rec.wall_s * self.cpus
+        rec.gpu_s = rec.wall_s * self.gpus
+        rec.status = status
+        rec.error = error
+        src = st.get("best_checkpoint")
+        if src and Path(src).is_dir():
+            copy_checkpoint(src, self.run.checkpoint_dir(self.family, trial.trial_id))
+            rec.has_checkpoint = True
+        self.run.write_trial(rec)
+
+    # --- Tune hooks -------------------------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._first_step:
+            return
+        self._first_step = False
+        # A resumed run: records of trials the restored experiment never knew about (started after its last
+        # snapshot and still unfinished) are dropped; their Optuna trials are re-used by new Tune trials.
+        known = {t.trial_id for t in trials}
+        for rec in self.run.trials(self.family):
+            if rec.trial_id not in known and rec.status in ("pending", "running"):
+                shutil.rmtree(self.run.trial_dir(self.family, rec.trial_id), ignore_errors=True)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started[trial.trial_id] = time.monotonic()
+        rec = self._record(trial)
+        rec.status = "running"
+        rec.error = None
+        self.run.write_trial(rec)
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._started.setdefault(trial.trial_id, time.monotonic())
+        metrics = epoch_metrics(result)
+        epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
+        metrics["epoch"] = epoch
+        self.run.append_epoch(self.family, trial.trial_id, metrics)
+        self._last_epoch[trial.trial_id] = epoch
+        st = self._state.setdefault(trial.trial_id, {})
+        rec = self._record(trial)
+        rec.status = "running"
+        rec.epochs = max(rec.epochs, epoch)
+        rec.last = {k: v for k, v in metrics.items() if k != "epoch"}
+        value = metrics.get(self.metric)
+        if value is not None and math.isfinite(value) and self._better(value, st.get("best_score")):
+            st.update(best_score=value, best_epoch=epoch)
+            rec.best, rec.best_epoch = dict(rec.last), epoch
+            if result.get("checkpoint_path"):  # ray-train trial: Train already persisted it
+                st["best_checkpoint"] = result["checkpoint_path"]
+        self.run.write_trial(rec)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        st = self._state.setdefault(trial.trial_id, {})
+        if self._last_epoch.get(trial.trial_id) == st.get("best_epoch"):
+            st["best_checkpoint"] = checkpoint.path
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rec = self._record(trial)
+        rec.failures += 1
+        self.run.write_trial(rec)
+        log.warning(
+            "%s trial %s failed and will be retried from its last checkpoint", self.family, trial.trial_id
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rec = self._record(trial)
+        self._finish(trial, "completed" if rec.epochs >= self.budget else "stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        rec = self._record(trial)
+        rec.failures += 1
+        self.run.write_trial(rec)
+        self._finish(trial, "failed", error=_error_text(trial))
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()] if path else []
+    except OSError:
+        lines = []
+    return lines[-1][:500] if lines else "trial failed (no error file)"
+
+
+class ProgressCallback(Callback):
+    """Prints a progress line for one family whenever a trial starts or ends (results: every ``every_s``).
+
+    Example: ``[vgg16] 7/20 done | 2 running | 4 stopped early | 1 failed | best val_auc 0.7132 (a1b2c3d4)``.
+    """
+
+    def __init__(
+        self, family: str, total: int, *, budget: int, metric: str, mode: str, every_s: float = 30.0
+    ):
+        self.family, self.total, self.budget = family, total, budget
+        self.metric, self.mode, self.every_s = metric, mode, every_s
+        self._running: set[str] = set()
+        self._ended: dict[str, str] = {}  # trial id -> completed | stopped | failed
+        self._best: tuple[float, str] | None = None
+        self._last = 0.0
+        self._first_step = True
+
+    def line(self) -> str:
+        """The current progress line."""
+        ended = list(self._ended.values())
+        best = f"{self._best[0]:.4f} ({self._best[1]})" if self._best else "-"
+        return (
+            f"[{self.family}] {len(ended)}/{self.total} done | {len(self._running)} running | "
+            f"{ended.count('stopped')} stopped early | {ended.count('failed')} failed | best {self.metric} {best}"
+        )
+
+    def _print(self) -> None:
+        self._last = time.monotonic()
+        print(self.line(), file=sys.stdout, flush=True)
+
+    def _seen(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        value = (result or {}).get(self.metric)
+        if value is None or not math.isfinite(float(value)):
+            return
+        if self._best is None or (value > self._best[0] if self.mode == "max" else value < self._best[0]):
+            self._best = (float(value), trial_id)
+
+    def _end(self, trial: Any, error: bool) -> None:
+        self._running.discard(trial.trial_id)
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        self._ended[trial.trial_id] = (
+            "failed" if error else ("completed" if epoch >= self.budget else "stopped")
+        )
+        self._print()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._first_step:  # a resumed run: count what the restored experiment already finished
+            self._first_step = False
+            for t in trials:
+                if t.status in ("TERMINATED", "ERROR"):
+                    self._end(t, t.status == "ERROR")
+                self._seen(t.trial_id, t.last_result)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._running.add(trial.trial_id)
+        self._ended.pop(trial.trial_id, None)
+        self._print()
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._seen(trial.trial_id, result)
+        if time.monotonic() - self._last >= self.every_s:
+            self._print()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._end(trial, error=True)

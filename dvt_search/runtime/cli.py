@@ -1,0 +1,186 @@
+"""``dvt-search search``: the distributed hyperparameter search (Ray Tune + Optuna + ASHA).
+
+Only argument parsing lives here; Ray, torch and Optuna are imported inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+_EPILOG = """\
+examples:
+  dvt-search search --data data/manifest.parquet --family all --trials 20 --max-epochs 10 --storage runs
+  dvt-search search --data m.parquet --splits splits.json --family vgg16,multitask_unet --trials 50 \\
+      --max-epochs 30 --gpus-per-trial 0.25 --storage /nfs/runs --name lab-1 --address auto
+  dvt-search search --data m.parquet --storage runs --name lab-1 --resume
+
+The run directory (<storage>/<name>/) holds run.json, splits.json, search-space snapshots, the Optuna
+journal (optuna-dashboard <run>/optuna.journal) and one record per trial; `dvt-search select` reads it.
+"""
+
+
+def _augment(text: str) -> dict[str, Any]:
+    """``hflip_p=0.5,rotation_deg=10,scale_range=0.9:1.1`` → Augment fields."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--augment: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = [float(v) for v in value.split(":")] if ":" in value else float(value)
+    return out
+
+
+def _windows(text: str) -> list[list[float]]:
+    """``40:400,80:200`` → ``[[40, 400], [80, 200]]``."""
+    try:
+        return [[float(x) for x in w.split(":")] for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--windows: expected LEVEL:WIDTH[,LEVEL:WIDTH], got {text!r}"
+        ) from None
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``search`` command."""
+    p = subparsers.add_parser(
+        "search",
+        help="distributed hyperparameter search over the model families (Ray Tune + Optuna + ASHA)",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, metavar="MANIFEST", help="manifest (.parquet or .csv)")
+    p.add_argument(
+        "--splits", type=Path, help="splits.json (default: create seeded splits in the run directory)"
+    )
+    p.add_argument("--family", default="all", help="all, or family names separated by commas (default: all)")
+    p.add_argument("--trials", type=int, help="trials per family (default: 10; --resume: the run's)")
+    p.add_argument(
+        "--max-epochs", type=int, help="epoch budget of a full trial (default: 10; --resume: the run's)"
+    )
+    p.add_argument(
+        "--storage", required=True, type=Path, help="where run directories live (shared on a cluster)"
+    )
+    p.add_argument("--name", help="run name (default: search-<timestamp>; --resume: the newest run)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run (same studies, same budget)"
+    )
+    p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port); default: local Ray")
+    p.add_argument("--size", type=int, default=512, help="network input side in pixels (default: 512)")
+    p.add_argument(
+        "--windows",
+        type=_windows,
+        default=[[40.0, 400.0]],
+        help="HU windows LEVEL:WIDTH,... (default 40:400)",
+    )
+    p.add_argument(
+        "--augment", type=_augment, default={}, help="training augmentation, e.g. hflip_p=0.5,rotation_deg=10"
+    )
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with ray-train)"
+    )
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (per worker); fractions pack trials"
+    )
+    p.add_argument(
+        "--train-workers", type=int, default=1, help="Ray Train DDP workers per CNN trial (default: 1)"
+    )
+    p.add_argument(
+        "--trainer",
+        choices=("auto", "direct", "ray-train"),
+        default="auto",
+        help="auto: Ray Train when --train-workers > 1 or GPUs are used, else the engine inside the trial",
+    )
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per trial")
+    p.add_argument(
+        "--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)"
+    )
+    p.add_argument(
+        "--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default: tpe)"
+    )
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default: 3)")
+    p.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a failing trial (from its checkpoint)"
+    )
+    p.add_argument(
+        "--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial, best by val_auc"
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
+    p.add_argument(
+        "--space-dir", type=Path, default=Path("search_spaces"), help="search-space YAML directory"
+    )
+    p.add_argument("--no-sift-cache", action="store_true", help="extract SIFT descriptors in every trial")
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE", help="import MODULE (extra families)"
+    )
+    p.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="bind the local Ray dashboard here (default 127.0.0.1; anything else exposes it, with a warning)",
+    )
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    p.add_argument("--progress-every", type=float, default=30.0, metavar="S", help="progress line period (s)")
+    p.set_defaults(func=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from .driver import RunError, SearchOptions, run_search
+
+    checks = (
+        ("--trials", args.trials, 1),
+        ("--max-epochs", args.max_epochs, 1),
+        ("--train-workers", args.train_workers, 1),
+        ("--size", args.size, 8),
+    )
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            print(f"dvt-search search: {flag} must be >= {low}, got {value}", file=sys.stderr)
+            return 2
+    opts = SearchOptions(
+        manifest=args.data,
+        storage=args.storage,
+        families=[args.family],
+        trials=args.trials,
+        max_epochs=args.max_epochs,
+        splits=args.splits,
+        name=args.name,
+        resume=args.resume,
+        address=args.address,
+        size=args.size,
+        windows=args.windows,
+        augment=args.augment,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        train_workers=args.train_workers,
+        trainer=args.trainer,
+        loader_workers=args.loader_workers,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        scheduler=args.scheduler,
+        sampler=args.sampler,
+        max_failures=args.max_failures,
+        keep_checkpoints=args.keep_checkpoints,
+        max_concurrent=args.max_concurrent,
+        seed=args.seed,
+        space_dir=args.space_dir,
+        sift_cache=not args.no_sift_cache,
+        plugins=list(args.plugin),
+        dashboard_host=args.dashboard_host,
+        include_dashboard=not args.no_dashboard,
+        progress_every_s=args.progress_every,
+    )
+    try:
+        run_search(opts)
+    except (RunError, KeyError, ValueError, FileNotFoundError) as exc:
+        logging.getLogger(__name__).debug("search failed", exc_info=True)
+        print(f"dvt-search search: {exc}", file=sys.stderr)
+        return 1
+    return 0

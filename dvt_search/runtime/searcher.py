@@ -1,0 +1,227 @@
+"""A Ray Tune searcher backed by a real, persistent Optuna study (ask/tell), made for ASHA.
+
+Why not Ray's stock ``OptunaSearch``: it runs Optuna with a no-op pruner and, when ASHA stops a trial
+after a few epochs, tells Optuna that trial's last (low-fidelity) value as COMPLETE. TPE then compares a
+2-epoch AUC with a 30-epoch AUC as if they were the same kind of number. This searcher instead keeps the
+fidelities apart:
+
+* every epoch's metric is stored as an Optuna *intermediate value* (``trial.report(value, epoch)``);
+* a trial that ends before its budget (stopped by the scheduler) is told **PRUNED**; TPE ranks pruned
+  trials by how far they got and then by their value at that step, below every completed trial;
+* a trial that ran its full budget (``max_epochs``; 1 for the one-shot SIFT baseline) is told
+  **COMPLETE** with its *best* epoch value (the checkpoint that selection will use);
+* a trial that raised is told **FAIL** only once the family's search is over (see
+  :func:`close_unfinished`): with ``resume_errored`` a resumed run re-runs errored trials, and a FAIL in
+  Optuna cannot be undone.
+
+The study (``study_name`` = family) lives in an Optuna ``JournalStorage`` file (``<run>/optuna.journal``)
+so ``optuna-dashboard <run>/optuna.journal`` shows the search live, and a resumed driver continues the
+*same* study. Sampler: ``TPESampler(multivariate=True, seed=seed)`` (``group=True`` when the space has
+conditional params; the constant liar keeps concurrent suggestions apart), or ``RandomSampler`` for
+baselines.
+
+Resume: Tune's experiment snapshot (which holds this searcher's state) can lag the journal. Optuna trials
+asked after the snapshot are unknown to the restored Tune run; RUNNING ones are *re-used* (same params) by
+the next suggestions, and the searcher stops suggesting once the study holds ``num_samples`` trials, so a
+resumed family ends with exactly ``num_samples`` trials in the study and in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from dvt_search.search.space import SearchSpace, suggest
+
+log = logging.getLogger(__name__)
+
+#: User attribute on each Optuna trial naming the Tune trial that ran it.
+TUNE_ID_ATTR = "tune_trial_id"
+SAMPLERS = ("tpe", "random")
+
+
+def open_study(journal: str | Path, family: str, *, mode: str = "max", sampler: Any = None) -> optuna.Study:
+    """Create or load the family's study in an Optuna journal file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.create_study(
+        study_name=family,
+        storage=storage,
+        sampler=sampler,
+        direction="maximize" if mode == "max" else "minimize",
+        load_if_exists=True,
+    )
+
+
+def make_sampler(kind: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """``tpe`` (multivariate, seeded; grouped when the space is conditional) or ``random``."""
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, group=space.conditional, seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {kind!r}; expected one of {SAMPLERS}")
+
+
+def close_unfinished(journal: str | Path, family: str) -> int:
+    """Tell FAIL for every trial of the study still RUNNING (call when the family's search is over).
+
+    Returns:
+        how many trials were closed.
+    """
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=family, storage=JournalStorage(JournalFileBackend(str(journal))))
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        n += 1
+    return n
+
+
+class OptunaStudySearcher(Searcher):
+    """Tune searcher over an Optuna study via ask/tell (see the module docstring for the semantics).
+
+    Args:
+        space: the family's validated search space (suggested define-by-run).
+        journal: path of the Optuna journal file.
+        num_samples: trials the family's search runs in total.
+        budget: epochs of a full-budget trial (a trial ending earlier is PRUNED).
+        metric: the reported metric to optimise.
+        mode: ``max`` or ``min``.
+        seed: sampler seed.
+        sampler: ``tpe`` or ``random``.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        journal: str | Path,
+        *,
+        num_samples: int,
+        budget: int,
+        metric: str = "val_auc",
+        mode: str = "max",
+        seed: int = 0,
+        sampler: str = "tpe",
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        self.space = space
+        self.journal = str(journal)
+        self.num_samples = int(num_samples)
+        self.budget = int(budget)
+        self.seed = int(seed)
+        self.sampler_kind = sampler
+        self._owned: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._study: optuna.Study | None = None
+
+    # --- pickling (Tuner.restore unpickles the searcher; the study is reopened from the journal) ------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_study"] = None
+        return state
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            sampler = make_sampler(self.sampler_kind, self.seed, self.space)
+            self._study = open_study(self.journal, self.space.family, mode=self.mode, sampler=sampler)
+            self._study.set_user_attr("metric", self.metric)
+            self._study.set_user_attr("budget_epochs", self.budget)
+        return self._study
+
+    # --- Tune Searcher API ------------------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        if metric and metric != self.metric:
+            raise ValueError(f"searcher optimises {self.metric!r}, Tune asked for {metric!r}")
+        if mode and mode != self.mode:
+            raise ValueError(f"searcher mode is {self.mode!r}, Tune asked for {mode!r}")
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        study = self.study
+        trials = study.get_trials(deepcopy=False)
+        owned = set(self._owned.values())
+        orphans = [t for t in trials if t.state == TrialState.RUNNING and t.number not in owned]
+        if orphans:
+            frozen = orphans[0]
+            trial = optuna.Trial(study, frozen._trial_id)
+            log.info(
+                "trial %s re-uses Optuna trial %d left running by an interrupted driver",
+                trial_id,
+                frozen.number,
+            )
+        elif len(trials) >= self.num_samples:
+            return Searcher.FINISHED
+        else:
+            trial = study.ask()
+        params = suggest(trial, self.space)
+        trial.set_user_attr(TUNE_ID_ATTR, trial_id)
+        self._owned[trial_id] = trial.number
+        return {"params": params, "optuna_number": trial.number}
+
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        number = self._owned.get(trial_id)
+        if number is None:
+            return None
+        return self.study.get_trials(deepcopy=False)[number]
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict | None) -> optuna.trial.FrozenTrial | None:
+        """Store the result's epoch value as an intermediate value; returns the (fresh) frozen trial."""
+        frozen = self._frozen(trial_id)
+        if frozen is None or frozen.state.is_finished() or not result:
+            return frozen
+        value, epoch = result.get(self.metric), result.get("epoch", result.get("training_iteration"))
+        if value is None or epoch is None or not math.isfinite(float(value)):
+            return frozen
+        if int(epoch) not in frozen.intermediate_values:
+            optuna.Trial(self.study, frozen._trial_id).report(float(value), int(epoch))
+            frozen = self.study.get_trials(deepcopy=False)[frozen.number]
+        return frozen
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        frozen = self._report(trial_id, result)
+        if frozen is None or frozen.state.is_finished():
+            return  # unknown trial, or already told before an interrupted driver was resumed
+        if error:
+            return  # told FAIL by close_unfinished() once the family is over (a resume may re-run it)
+        values = frozen.intermediate_values
+        if not values:
+            self.study.tell(frozen.number, state=TrialState.FAIL)
+            return
+        epochs = max(values)
+        if epochs >= self.budget:
+            best = max(values.values()) if self.mode == "max" else min(values.values())
+            self.study.tell(frozen.number, best)
+        else:
+            self.study.tell(frozen.number, state=TrialState.PRUNED)
+
+    # --- state (Tune's experiment snapshot) ---------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {"owned": dict(self._owned), "num_samples": self.num_samples, "budget": self.budget}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._owned = {str(k): int(v) for k, v in state["owned"].items()}
+        self.num_samples = int(state["num_samples"])
+        self.budget = int(state["budget"])
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))

@@ -1,0 +1,126 @@
+"""Every registered family honours the contract of :mod:`dvt_search.families.base` (tiny CPU data).
+
+Parametrized over ``families.names()``, so a newly registered family is tested automatically; a family
+that needs cheaper-than-default knobs to stay fast here lists them in ``FAST``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import math
+import pkgutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dvt_search import families
+from dvt_search.families.base import EpochReport, Family, FitData, Model
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Cheaper knobs for the conformance run only (defaults stay the paper's).
+FAST: dict[str, dict] = {
+    "sift_bow_svm": {"k": 8},
+    "vgg16": {"head": "gap", "batch_size": 8},
+    "densenet161": {"batch_size": 8},
+    "multitask_unet": {"batch_size": 8},
+    "patch_resnet50": {"batch_size": 8},
+}
+
+
+@pytest.fixture(params=families.names())
+def family(request: pytest.FixtureRequest) -> type[Family]:
+    return families.get(request.param)
+
+
+@pytest.fixture
+def trained(family: type[Family], tiny) -> tuple[type[Family], Model, list[EpochReport], FitData]:
+    train, val, spec = tiny
+    model = family.build(FAST.get(family.name, {}), spec)
+    data = FitData(train=train, val=val)
+    seen: list[EpochReport] = []
+
+    def stop_after_first(report: EpochReport, m: Model) -> bool:
+        assert m is model
+        seen.append(report)
+        return True  # a True return stops training after this epoch
+
+    reports = model.fit(data, 3, callback=stop_after_first)
+    assert [r.epoch for r in reports] == [1] and seen == reports
+    return family, model, reports, data
+
+
+def test_fit_reports_and_predicts(trained) -> None:
+    family, model, reports, data = trained
+    assert model.epochs_done == 1
+    metrics = reports[0].metrics
+    assert "val_auc" in metrics and all(isinstance(v, float) for v in metrics.values())
+    assert 0.0 <= metrics["val_auc"] <= 1.0 or math.isnan(metrics["val_auc"])
+    if family.kind == "torch":
+        assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
+    scores = model.predict(data.val)
+    assert scores.shape == (len(data.val),) and scores.dtype == np.float64
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path: Path) -> None:
+    family, model, _, data = trained
+    path = model.save(tmp_path / "ckpt")
+    assert (path / "meta.json").is_file()
+    assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
+    loaded = family.load(path)
+    assert loaded.epochs_done == 1 and loaded.params == model.params
+    np.testing.assert_allclose(loaded.predict(data.val), model.predict(data.val), rtol=0, atol=1e-6)
+
+
+def test_unknown_param_raises_key_error(family: type[Family], tiny) -> None:
+    with pytest.raises(KeyError, match="no_such_knob"):
+        family.build({"no_such_knob": 1}, tiny[2])
+
+
+def test_defaults_are_complete_and_family_has_a_search_space(family: type[Family]) -> None:
+    assert family.kind in ("torch", "classic")
+    defaults = family.default_params()
+    assert family.resolve_params({}) == defaults
+    assert (REPO / "search_spaces" / family.search_space_file()).is_file()
+
+
+def test_duplicate_registration_raises() -> None:
+    existing = families.get("vgg16")
+
+    class Impostor(existing):  # type: ignore[misc, valid-type]
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        families.register(Impostor)
+    assert families.get("vgg16") is existing
+
+
+def _family_classes_defined_in(module_name: str) -> list[str]:
+    """Names of classes decorated with ``@register`` in a module's source."""
+    source = Path(importlib.import_module(module_name).__file__).read_text()
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(d, ast.Name) and d.id == "register" for d in node.decorator_list
+        ):
+            out.append(node.name)
+    return out
+
+
+def test_registry_matches_the_modules_on_disk() -> None:
+    package = Path(families.__file__).parent
+    registering = set()
+    for info in pkgutil.iter_modules([str(package)]):
+        if _family_classes_defined_in(f"dvt_search.families.{info.name}"):
+            registering.add(info.name)
+    assert registering == set(families.BUILTIN_MODULES)
+    registered_modules = {cls.__module__.rsplit(".", 1)[-1] for cls in families.all_families()}
+    assert registered_modules == set(families.BUILTIN_MODULES)
+    assert families.names()[: len(families.BUILTIN_MODULES)] == [
+        families.get(n).name for n in families.names()[: len(families.BUILTIN_MODULES)]
+    ]
+    spaces = {p.stem for p in (REPO / "search_spaces").glob("*.yaml")}
+    assert set(families.names()) <= spaces

@@ -1,0 +1,63 @@
+"""Fixtures of the runtime tests: tiny phantom data, search spaces, and real local Ray instances.
+
+Ray 2.60 enables token authentication for local instances; the tests keep it on with a random
+per-session token in ``RAY_AUTH_TOKEN`` (so nothing is written to ``~/.ray``), which every Ray process
+and driver subprocess inherits. ``PYTHONPATH`` gets this directory so Ray workers can import the test
+plug-in families (``dvt_test_plugins``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PLUGIN = "dvt_test_plugins"
+
+
+def _configure_env() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["RAY_DEDUP_LOGS"] = "0"
+    paths = [str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+
+
+_configure_env()
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny phantom dataset (64^2 volumes, few slices); returns the manifest path."""
+    from dvt_search.data.phantom import generate
+
+    return generate(tmp_path_factory.mktemp("phantom"), patients=6, seed=0, size=64, slices_per_scan=6, preset="easy")
+
+
+def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
+    """Write ``{family: {"params": ..., "fixed": ...}}`` as search-space files into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for family, doc in spaces.items():
+        body = {"family": family, "params": doc.get("params", {}), "fixed": doc.get("fixed", {})}
+        (directory / f"{family}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus() -> Iterator[None]:
+    """A local Ray instance with 2 CPUs for the whole test module."""
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()

@@ -1,0 +1,163 @@
+"""Families used only by the runtime tests, loaded in Ray workers through ``--plugin dvt_test_plugins``.
+
+* ``tiny_cnn``: a real torch family through the shared engine, without BatchNorm or dropout (so DDP
+  with averaged gradients is numerically equivalent to one process on the union batches). Knobs for fault
+  injection: ``fail_attempts`` (the first N attempts of a trial raise right after reporting one epoch)
+  and ``state_dir`` (where attempts are logged as ``<trial id> <epochs done at start>`` lines).
+* ``tiny_cnn_broken``: ``tiny_cnn`` that fails on every attempt by default.
+* ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
+  ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from dvt_search.families import register
+from dvt_search.families.base import DataSpec, EpochReport, Family, FitData, Model, read_meta
+from dvt_search.families.torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
+
+
+def _trial_id() -> str:
+    try:
+        import ray.tune
+
+        return ray.tune.get_context().get_trial_id() or "local"
+    except Exception:  # noqa: BLE001 - not inside a Tune trial
+        return "local"
+
+
+def log_attempt(state_dir: str | None, epochs_done: int) -> int:
+    """Append this attempt to ``<state_dir>/attempts.log``; returns the attempt number of this trial."""
+    if not state_dir:
+        return 1
+    path = Path(state_dir) / "attempts.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tid = _trial_id()
+    with open(path, "a") as fh:
+        fh.write(f"{tid} {epochs_done}\n")
+    return sum(1 for line in path.read_text().splitlines() if line.split()[0] == tid)
+
+
+def read_attempts(state_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    path = Path(state_dir) / "attempts.log"
+    if not path.is_file():
+        return []
+    return [(a, int(b)) for a, b in (line.split() for line in path.read_text().splitlines())]
+
+
+class TinyNet(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return {"logit": self.head(h).squeeze(1)}
+
+
+class TinyModel(TorchModel):
+    family: ClassVar[str] = "tiny_cnn"
+
+    def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
+        return TinyNet(spec.in_channels)
+
+    def compute_loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]):
+        loss = nn.functional.binary_cross_entropy_with_logits(outputs["logit"], batch["label"])
+        return loss, {}
+
+    def fit(self, data: FitData, epochs: int, callback: Any = None, **kwargs: Any) -> list[EpochReport]:
+        attempt = log_attempt(self.params.get("state_dir"), self.epochs_done)
+        fail = attempt <= int(self.params.get("fail_attempts", 0))
+
+        def on_epoch(report: EpochReport, model: Model) -> bool:
+            stop = bool(callback(report, model)) if callback is not None else False
+            if fail:
+                raise RuntimeError(f"injected failure in attempt {attempt} after epoch {report.epoch}")
+            return stop
+
+        return super().fit(data, epochs, on_epoch, **kwargs)
+
+
+@register
+class TinyCnn(TorchFamily):
+    name: ClassVar[str] = "tiny_cnn"
+    model_cls: ClassVar[type[TorchModel]] = TinyModel
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**COMMON_DEFAULTS, "schedule": "none", "fail_attempts": 0, "state_dir": None}
+
+
+class BrokenModel(TinyModel):
+    family: ClassVar[str] = "tiny_cnn_broken"
+
+
+@register
+class TinyCnnBroken(TorchFamily):
+    name: ClassVar[str] = "tiny_cnn_broken"
+    model_cls: ClassVar[type[TorchModel]] = BrokenModel
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**TinyCnn.default_params(), "fail_attempts": 1000}
+
+
+class ScriptedModel(Model):
+    family: ClassVar[str] = "scripted"
+
+    def fit(self, data: FitData, epochs: int, callback: Any = None, **kwargs: Any) -> list[EpochReport]:
+        log_attempt(self.params.get("state_dir"), self.epochs_done)
+        out = []
+        for epoch in range(self.epochs_done + 1, epochs + 1):
+            time.sleep(float(self.params["epoch_s"]))
+            report = EpochReport(epoch, {"val_auc": float(self.params["quality"]) * (1 - 0.5**epoch)})
+            self.epochs_done = epoch
+            self.history.append(report)
+            out.append(report)
+            if callback is not None and callback(report, self):
+                break
+        return out
+
+    def predict(self, dataset: Any) -> np.ndarray:
+        return np.full(len(dataset), float(self.params["quality"]))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        self.write_meta(Path(directory))
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScriptedModel:
+        meta = read_meta(directory)
+        model = cls(meta["params"], DataSpec.from_dict(meta["spec"]))
+        model.epochs_done = int(meta["epochs_done"])
+        model.history = [EpochReport(h.pop("epoch"), h) for h in (dict(x) for x in meta["history"])]
+        return model
+
+
+@register
+class Scripted(Family):
+    name: ClassVar[str] = "scripted"
+    kind: ClassVar[str] = "torch"  # scheduled like a CNN: an epoch budget, ASHA, checkpoints
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"quality": 0.5, "epoch_s": 0.2, "state_dir": None, "seed": 0}
+
+    @classmethod
+    def build(cls, params: Mapping[str, Any], spec: DataSpec) -> ScriptedModel:
+        return ScriptedModel(cls.resolve_params(params), spec)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScriptedModel:
+        return ScriptedModel.load(directory)
+

@@ -1,0 +1,81 @@
+"""A tiny real search over all five paper families leaves a complete, Ray-free run directory."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+from conftest import write_spaces
+
+from dvt_search import families
+from dvt_search.data.dataset import build_datasets
+from dvt_search.data.schema import read_manifest
+from dvt_search.data.splits import load_splits, manifest_fingerprint
+from dvt_search.search.records import RunDir
+
+LR = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
+SPACES = {
+    "sift_bow_svm": {"params": {"k": {"type": "int", "low": 4, "high": 16}}, "fixed": {"svm_kernel": "linear"}},
+    "vgg16": {"params": LR, "fixed": {"batch_size": 8, "head": "gap"}},
+    "densenet161": {"params": LR, "fixed": {"batch_size": 8}},
+    "multitask_unet": {"params": LR, "fixed": {"batch_size": 8}},
+    "patch_resnet50": {"params": LR, "fixed": {"batch_size": 8}},
+}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tiny_search_over_all_families(ray_2_cpus, phantom, tmp_path, capsys) -> None:
+    from dvt_search.runtime.driver import SearchOptions, run_search
+
+    torch.set_num_threads(1)
+    opts = SearchOptions(
+        manifest=phantom,
+        storage=tmp_path / "runs",
+        name="all",
+        families=["all"],
+        trials=1,
+        max_epochs=1,
+        size=32,
+        space_dir=write_spaces(tmp_path / "spaces", SPACES),
+        progress_every_s=1e9,
+        include_dashboard=False,
+    )
+    best = run_search(opts)
+    out = capsys.readouterr().out
+    assert "created seeded splits" in out
+    for fam in families.names():
+        assert f"best {fam}: trial" in out
+
+    run = RunDir(tmp_path / "runs" / "all")
+    info = run.read_info()
+    df = read_manifest(phantom)
+    splits = load_splits(run.path / "splits.json", manifest_df=df)
+    assert info.families == families.names()
+    assert (info.trials_per_family, info.max_epochs, info.image_size) == (1, 1, 32)
+    assert info.manifest_fingerprint == manifest_fingerprint(df) and info.splits_hash == splits.hash
+    assert {"ray", "optuna", "torch"} <= set(info.config["versions"])
+    assert info.config["finished_families"] == families.names()
+    assert info.config["resources"]["trainer"] == "direct"
+    assert any((run.path / "cache" / "sift").iterdir()), "the SIFT descriptor cache was not pre-warmed"
+
+    val = build_datasets(phantom, run.path / "splits.json", size=32)["val"]
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.path / "optuna.journal")))
+    for fam in families.names():
+        assert (run.path / "search_spaces" / f"{fam}.yaml").is_file()
+        (rec,) = run.trials(fam)
+        assert rec.status == "completed" and rec.epochs == 1 and rec.has_checkpoint
+        assert rec.wall_s > 0 and rec.cpu_s == pytest.approx(rec.wall_s * 1.0)
+        assert 0.0 <= rec.best["val_auc"] <= 1.0 and best[fam].trial_id == rec.trial_id
+        rows = run.read_epochs(fam, rec.trial_id)
+        assert [r["epoch"] for r in rows] == [1] and "val_auc" in rows[0]
+        model = families.get(fam).load(run.checkpoint_dir(fam, rec.trial_id))
+        scores = model.predict(val)
+        assert scores.shape == (len(val),) and ((scores >= 0) & (scores <= 1)).all()
+        study = optuna.load_study(study_name=fam, storage=journal)
+        (t,) = study.trials
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.number == rec.optuna_number
+        assert t.params == {k: v for k, v in rec.params.items() if k in SPACES[fam]["params"]}
+        assert json.loads((run.checkpoint_dir(fam, rec.trial_id) / "meta.json").read_text())["family"] == fam
