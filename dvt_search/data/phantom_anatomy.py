@@ -134,7 +134,7 @@ def sample_anatomy(
     if kind == "femoral":
         return _sample_femoral(rng, shape, n, corr, u, preset)
     if kind == "iliac":
-        return _sample_iliac(rng, shape, n, corr, u)
+        return _sample_iliac(rng, shape, n, corr, u, preset)
     raise ValueError(f"unknown anatomy {kind!r}; expected 'femoral' or 'iliac'")
 
 
@@ -163,7 +163,7 @@ def _sample_femoral(rng, shape, n, corr, u, preset) -> Anatomy:
         "a_bot": rng.uniform(50, 85),
         "gsv_r": rng.uniform(1.8, 3.0),
         "gsv_b": rng.uniform(200, 240),
-        "pad": rng.uniform(2.0, 6.0),
+        "pad": rng.uniform(*preset.pad_mm),
         "septum": rng.uniform(1.0, 2.0),
     }
     p["extent"] = p["sep"] / 2 + a * 1.05
@@ -195,7 +195,7 @@ def _sample_femoral(rng, shape, n, corr, u, preset) -> Anatomy:
     return Anatomy("femoral", n, p, t, nodes=tuple(nodes))
 
 
-def _sample_iliac(rng, shape, n, corr, u) -> Anatomy:
+def _sample_iliac(rng, shape, n, corr, u, preset) -> Anatomy:
     h, s = shape["habitus"], shape["scale"]
     fat = 8.0 + 30.0 * h + rng.uniform(-3, 3)
     am = s * rng.uniform(125, 150)
@@ -209,7 +209,7 @@ def _sample_iliac(rng, shape, n, corr, u) -> Anatomy:
         "rv": 6.2 * shape["vein_scale"],
         "ra": rng.uniform(3.8, 4.8),
         "bladder_u": rng.uniform(0.2, 0.5),
-        "pad": rng.uniform(2.0, 5.0),
+        "pad": rng.uniform(*preset.pad_mm),
     }
     p["extent"] = (am + fat) * 1.08
     t = {"u": u, "bx": track(rng, n, 2.0, corr), "by": track(rng, n, 2.0, corr)}

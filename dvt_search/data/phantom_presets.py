@@ -99,6 +99,7 @@ class Preset:
     mixing_rate: float  # expected number of mixing-artifact segments per vein per scan
     mixing_hu: tuple[float, float]  # HU of unopacified inflowing blood inside the vein
     node_rate: float  # expected lymph nodes per side per scan
+    pad_mm: tuple[float, float]  # fat around the vessel pair (contrast of an occluded vein)
 
 
 PRESETS: dict[str, Preset] = {
@@ -119,6 +120,7 @@ PRESETS: dict[str, Preset] = {
         mixing_rate=1.5,
         mixing_hu=(50.0, 95.0),
         node_rate=1.0,
+        pad_mm=(2.0, 6.0),
     ),
     "easy": Preset(
         name="easy",
@@ -126,17 +128,18 @@ PRESETS: dict[str, Preset] = {
         blur_mm=(0.4, 0.5),
         streak_hu=(5.0, 15.0),
         vein_hu=(130.0, 160.0),
-        clot_hu=(30.0, 45.0),
+        clot_hu=(30.0, 40.0),
         scan_clot_prob=0.9,
         extra_segment_prob=0.35,
         segment_frac=(0.25, 0.6),
-        occlusive_prob=0.85,
+        occlusive_prob=1.0,
         partial_frac=(0.75, 0.95),
-        taper_frac=0.6,
-        expansion=(0.25, 0.5),
+        taper_frac=0.8,
+        expansion=(0.7, 1.1),
         mixing_rate=0.15,
         mixing_hu=(100.0, 120.0),
         node_rate=0.0,
+        pad_mm=(5.0, 9.0),
     ),
 }
 

@@ -26,7 +26,16 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..families.base import FitError
-from .device import autocast, dist_active, epoch_seed, make_loader, resolve_device, seed_all, to_device, unwrap
+from .device import (
+    autocast,
+    dist_active,
+    epoch_seed,
+    make_loader,
+    resolve_device,
+    seed_all,
+    to_device,
+    unwrap,
+)
 from .metrics import classification_metrics
 from .optim import LoopConfig, build_optimizer
 
@@ -77,6 +86,34 @@ def _check_finite(pending: list[Tensor], last_batch: int, epoch: int, parts: Map
     pending.clear()
 
 
+def train_step(
+    model: nn.Module,
+    task: TrainTask,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    amp: bool,
+    grad_clip: float = 0.0,
+    check: Callable[[Tensor, dict[str, Tensor]], None] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimisation step on a batch already on ``device``; returns the detached loss and parts.
+
+    ``check`` sees the loss before the backward pass (the loop's NaN/inf guard).
+    """
+    with autocast(device, amp):
+        outputs = model(batch["image"])
+    loss, parts = task.compute_loss(_as_float(outputs), batch)
+    if check is not None:
+        check(loss, parts)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    return loss.detach(), {k: v.detach() for k, v in parts.items()}
+
+
 def _train_epoch(
     model: nn.Module,
     task: TrainTask,
@@ -89,30 +126,27 @@ def _train_epoch(
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     cl = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     sync_every = cfg.sync_every or (16 if device.type == "cuda" else 1)
-    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     total = torch.zeros((), device=device)
     part_sums: dict[str, Tensor] = {}
     pending: list[Tensor] = []
     n = 0
     b = -1
-    for b, raw in enumerate(loader):
-        batch = to_device(raw, device, cl)
-        bs = int(batch["image"].shape[0])
-        with autocast(device, amp):
-            outputs = model(batch["image"])
-        loss, parts = task.compute_loss(_as_float(outputs), batch)
+
+    def guard(loss: Tensor, parts: dict[str, Tensor]) -> None:
         pending.append(loss.detach())
         if len(pending) >= sync_every:
             _check_finite(pending, b, epoch, parts)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        total += loss.detach() * bs
+
+    for b, raw in enumerate(loader):  # noqa: B007 (``guard`` reads ``b``)
+        batch = to_device(raw, device, cl)
+        bs = int(batch["image"].shape[0])
+        loss, parts = train_step(
+            model, task, batch, optimizer, device=device, amp=amp, grad_clip=cfg.grad_clip, check=guard
+        )
+        total += loss * bs
         for k, v in parts.items():
-            part_sums[k] = part_sums.get(k, torch.zeros((), device=device)) + v.detach() * bs
+            part_sums[k] = part_sums.get(k, torch.zeros((), device=device)) + v * bs
         n += bs
     if pending:
         _check_finite(pending, b, epoch, {})

@@ -4,6 +4,7 @@ no Ray). Heavy imports (torch, pandas) happen inside the handlers so ``--help`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -69,10 +70,8 @@ def parse_params(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--params expects KEY=VALUE, got {item!r}")
         value = yaml.safe_load(text) if text else None
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(text)
-            except ValueError:
-                pass
         out[key.strip()] = value
     return out
 
@@ -108,6 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         family = get(args.family)
         params = parse_params(args.params)
+        family.resolve_params(params)  # unknown knobs fail before any data is read
         windows = _windows(args.window)
     except (KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)

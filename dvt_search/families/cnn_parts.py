@@ -98,7 +98,7 @@ def adapt_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d
     return new
 
 
-def load_pretrained(
+def load_torchvision_weights(
     net: nn.Module,
     path: str | Path,
     remap: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,

@@ -22,10 +22,10 @@ from torchvision import models
 
 from . import register
 from .base import DataSpec
-from .cnn_parts import check_range, load_pretrained, pretrained_path, stem_and_conv
+from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
 from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _remap_legacy(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -50,7 +50,7 @@ class DenseNet161Net(nn.Module):
         )
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
-            load_pretrained(net, weights, remap=_remap_legacy)
+            load_torchvision_weights(net, weights, remap=_remap_legacy)
         self.stem, net.features.conv0 = stem_and_conv(
             params, spec.in_channels, net.features.conv0, weights is not None
         )

@@ -29,7 +29,7 @@ from torchvision.models.resnet import BasicBlock
 from ..engine.losses import PAPER_A, PAPER_B, balanced_weights, multitask_loss
 from . import register
 from .base import DataSpec
-from .cnn_parts import check_range, load_pretrained, pretrained_path, stem_and_conv
+from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
 from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
 
 
@@ -60,7 +60,7 @@ class MultitaskUNetNet(nn.Module):
         r = models.resnet18(weights=None)
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
-            load_pretrained(r, weights)
+            load_torchvision_weights(r, weights)
         self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
         self.enc0 = nn.Sequential(r.conv1, r.bn1, r.relu)  # H/2, 64
         self.pool0 = r.maxpool

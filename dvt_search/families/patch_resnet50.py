@@ -27,7 +27,7 @@ from ..engine.losses import bce, patch_bce
 from ..engine.metrics import patch_auc
 from . import register
 from .base import DataSpec
-from .cnn_parts import check_choice, check_range, load_pretrained, pretrained_path, stem_and_conv
+from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
 from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
 
 POOLS = ("max", "lse")
@@ -42,7 +42,7 @@ class PatchResNet50Net(nn.Module):
         r = models.resnet50(weights=None)
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
-            load_pretrained(r, weights)
+            load_torchvision_weights(r, weights)
         self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
         self.trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
         self.vein_head = nn.Conv2d(2048, 1, kernel_size=1)

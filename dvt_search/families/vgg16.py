@@ -24,7 +24,7 @@ from torchvision import models
 
 from . import register
 from .base import DataSpec
-from .cnn_parts import check_choice, check_range, load_pretrained, pretrained_path, stem_and_conv
+from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
 from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
 HEADS = ("classifier", "gap")
@@ -41,7 +41,7 @@ class VGG16Net(nn.Module):
         net = build(weights=None, dropout=dropout)
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
-            load_pretrained(net, weights)
+            load_torchvision_weights(net, weights)
         self.stem, net.features[0] = stem_and_conv(params, spec.in_channels, net.features[0], weights is not None)
         self.features = net.features
         self.gap = head == "gap"

@@ -102,6 +102,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default: tpe)"
     )
+    p.add_argument(
+        "--tpe-startup", type=int, default=10, help="random trials before TPE models (default: 10)"
+    )
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default: 3)")
     p.add_argument(
@@ -166,6 +169,7 @@ def _handle(args: argparse.Namespace) -> int:
         reduction_factor=args.reduction_factor,
         scheduler=args.scheduler,
         sampler=args.sampler,
+        startup_trials=args.tpe_startup,
         max_failures=args.max_failures,
         keep_checkpoints=args.keep_checkpoints,
         max_concurrent=args.max_concurrent,

@@ -59,6 +59,7 @@ class SearchOptions:
     reduction_factor: float = 3.0
     scheduler: str = "asha"
     sampler: str = "tpe"
+    startup_trials: int = 10
     max_failures: int = 2
     keep_checkpoints: int = 2
     max_concurrent: int | None = None
@@ -163,6 +164,7 @@ def _prepare_fresh(rd: RunDir, opts: SearchOptions, df: Any, fams: list[str]) ->
             "searcher": {
                 "library": "optuna",
                 "sampler": opts.sampler,
+                "startup_trials": opts.startup_trials,
                 "multivariate": True,
                 "seed": opts.seed,
                 "journal": JOURNAL_FILE,
@@ -238,6 +240,7 @@ def _options_of(info: RunInfo, opts: SearchOptions) -> SearchOptions:
         reduction_factor=c["scheduler"]["reduction_factor"],
         scheduler=c["scheduler"]["type"],
         sampler=c["searcher"]["sampler"],
+        startup_trials=c["searcher"].get("startup_trials", 10),
         max_failures=c["max_failures"],
         keep_checkpoints=c["keep_checkpoints"],
         sift_cache=c.get("sift_cache", True),
@@ -343,6 +346,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
             reduction_factor=opts.reduction_factor,
             scheduler=opts.scheduler,
             sampler=opts.sampler,
+            startup_trials=opts.startup_trials,
             seed=opts.seed,
             max_concurrent=opts.max_concurrent or max_concurrent(ray_info, cpus=cpus, gpus=gpus),
             progress_every_s=opts.progress_every_s,

@@ -63,10 +63,17 @@ def open_study(journal: str | Path, family: str, *, mode: str = "max", sampler: 
     )
 
 
-def make_sampler(kind: str, seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """``tpe`` (multivariate, seeded; grouped when the space is conditional) or ``random``."""
+def make_sampler(
+    kind: str, seed: int, space: SearchSpace, startup_trials: int = 10
+) -> optuna.samplers.BaseSampler:
+    """``tpe`` (multivariate, seeded; grouped when the space is conditional) or ``random``.
+
+    TPE samples at random for its first ``startup_trials`` trials (Optuna's default: 10).
+    """
     if kind == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, group=space.conditional, seed=seed)
+        return optuna.samplers.TPESampler(
+            multivariate=True, group=space.conditional, seed=seed, n_startup_trials=startup_trials
+        )
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {kind!r}; expected one of {SAMPLERS}")
@@ -101,6 +108,7 @@ class OptunaStudySearcher(Searcher):
         mode: ``max`` or ``min``.
         seed: sampler seed.
         sampler: ``tpe`` or ``random``.
+        startup_trials: random trials before TPE models the results.
     """
 
     def __init__(
@@ -114,6 +122,7 @@ class OptunaStudySearcher(Searcher):
         mode: str = "max",
         seed: int = 0,
         sampler: str = "tpe",
+        startup_trials: int = 10,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         if sampler not in SAMPLERS:
@@ -124,6 +133,7 @@ class OptunaStudySearcher(Searcher):
         self.budget = int(budget)
         self.seed = int(seed)
         self.sampler_kind = sampler
+        self.startup_trials = int(startup_trials)
         self._owned: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._study: optuna.Study | None = None
 
@@ -136,7 +146,7 @@ class OptunaStudySearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            sampler = make_sampler(self.sampler_kind, self.seed, self.space)
+            sampler = make_sampler(self.sampler_kind, self.seed, self.space, self.startup_trials)
             self._study = open_study(self.journal, self.space.family, mode=self.mode, sampler=sampler)
             self._study.set_user_attr("metric", self.metric)
             self._study.set_user_attr("budget_epochs", self.budget)

@@ -46,6 +46,7 @@ class TuneSettings:
     reduction_factor: float = 3.0
     scheduler: str = "asha"
     sampler: str = "tpe"
+    startup_trials: int = 10
     seed: int = 0
     max_concurrent: int = 1
     progress_every_s: float = 30.0
@@ -122,6 +123,7 @@ def run_family(
             mode=MODE,
             seed=settings.seed,
             sampler=settings.sampler,
+            startup_trials=settings.startup_trials,
         )
         callbacks = [
             RecordsCallback(

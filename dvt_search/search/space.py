@@ -147,7 +147,9 @@ def _number(value: Any, where: str, key: str, *, integer: bool) -> float | int:
     return float(value)
 
 
-def _parse_param(name: str, spec: Any, where: str, earlier: Mapping[str, ParamSpec]) -> ParamSpec:
+def _parse_param(
+    name: str, spec: Any, where: str, earlier: Mapping[str, ParamSpec], all_names: set[str]
+) -> ParamSpec:
     key = f"params.{name}"
     if not isinstance(spec, Mapping):
         raise _err(where, key, f"must be a mapping with at least 'type' (got {type(spec).__name__})")
@@ -161,7 +163,7 @@ def _parse_param(name: str, spec: Any, where: str, earlier: Mapping[str, ParamSp
             f"{key}.{unknown[0]}",
             f"unknown field for a {kind} param; allowed: {sorted(_FIELDS[kind])}",
         )
-    when = _parse_when(spec.get("when"), where, key, earlier)
+    when = _parse_when(spec.get("when"), where, key, earlier, all_names)
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices:
@@ -196,7 +198,7 @@ def _parse_param(name: str, spec: Any, where: str, earlier: Mapping[str, ParamSp
 
 
 def _parse_when(
-    when: Any, where: str, key: str, earlier: Mapping[str, ParamSpec]
+    when: Any, where: str, key: str, earlier: Mapping[str, ParamSpec], all_names: set[str]
 ) -> dict[str, tuple[Any, ...]]:
     if when is None:
         return {}
@@ -205,11 +207,12 @@ def _parse_when(
     out: dict[str, tuple[Any, ...]] = {}
     for other, value in when.items():
         if other not in earlier:
-            raise _err(
-                where,
-                f"{key}.when.{other}",
-                "refers to an unknown param (conditions may only name params defined earlier in 'params')",
+            why = (
+                "refers to a param defined later in 'params' (conditions are evaluated in file order)"
+                if other in all_names
+                else "refers to an unknown param (not listed under 'params')"
             )
+            raise _err(where, f"{key}.when.{other}", why)
         values = tuple(value) if isinstance(value, list) else (value,)
         ref = earlier[other]
         if ref.type == "categorical":
@@ -243,12 +246,12 @@ def parse_space(doc: Any, *, where: str = "<search space>", family: str | None =
     name = doc.get("family")
     if not isinstance(name, str) or not name:
         raise _err(where, "family", "missing or not a string")
-    if family is not None and name != family:
-        raise _err(where, "family", f"declares {name!r} but the file is for family {family!r}")
     try:
         fam = families.get(name)
     except KeyError as exc:
         raise _err(where, "family", str(exc.args[0])) from None
+    if family is not None and name != family:
+        raise _err(where, "family", f"declares {name!r} but the file is for family {family!r}")
     knobs = fam.default_params()
     raw_params = doc.get("params") or {}
     raw_fixed = doc.get("fixed") or {}
@@ -265,7 +268,7 @@ def parse_space(doc: Any, *, where: str = "<search space>", family: str | None =
         raise _err(where, f"fixed.{both[0]}", "is also listed under params")
     parsed: dict[str, ParamSpec] = {}
     for pname, spec in raw_params.items():
-        parsed[str(pname)] = _parse_param(str(pname), spec, where, parsed)
+        parsed[str(pname)] = _parse_param(str(pname), spec, where, parsed, set(map(str, raw_params)))
     return SearchSpace(family=name, params=tuple(parsed.values()), fixed=dict(raw_fixed))
 
 

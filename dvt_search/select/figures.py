@@ -16,7 +16,7 @@ PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#b
 _STYLE = {
     "font.size": 9,
     "axes.titlesize": 10,
-    "axes.titleweight": "semibold",
+    "axes.titleweight": "bold",
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -147,7 +147,8 @@ def learning_curves_figure(
                     marker="o" if len(x) == 1 else None,
                     ms=3,
                 )
-            ax.set(title=fam, xlabel="epoch")
+            last = max((int(r["epoch"]) for _t, curve, _w in curves[fam] for r in curve), default=1)
+            ax.set(title=fam, xlabel="epoch", xlim=(0.5, last + 0.5))
             _integer_x(ax)
         axes[0][0].set_ylabel(metric)
         return _png(fig)
@@ -181,9 +182,8 @@ def multitask_losses_figure(curves: list[tuple[str, list[dict[str, Any]], bool]]
                     ms=2.5,
                     label=label if is_winner else None,
                 )
-        ax.set(
-            xlabel="epoch", ylabel="training loss", title="Multitask loss components (selected trial bold)"
-        )
+        ax.set(xlabel="epoch", ylabel="training loss", title="Multitask loss components")
+        _integer_x(ax)
         ax.legend(frameon=False, fontsize=7.5)
         return _png(fig)
 

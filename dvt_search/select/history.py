@@ -72,13 +72,13 @@ def _importances(study: Any, trials: pd.DataFrame) -> tuple[dict[str, float], st
 
 def read_history(run_path: str | Path) -> dict[str, StudyHistory]:
     """Every family study in the run's journal (empty dict when the run has none)."""
+    src = Path(run_path) / JOURNAL_FILE
+    if not src.is_file():
+        return {}
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    src = Path(run_path) / JOURNAL_FILE
-    if not src.is_file():
-        return {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict[str, StudyHistory] = {}
     with tempfile.TemporaryDirectory(prefix="dvt-journal-") as tmp:

@@ -104,7 +104,7 @@ caption{caption-side:bottom;text-align:left;padding:8px 10px;color:var(--muted);
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;margin:12px 0}
 figure{margin:0;background:#fff;border:1px solid var(--line);border-radius:10px;padding:10px}
 figure.wide{grid-column:1/-1}
-figure img{width:100%;height:auto;display:block}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{color:var(--muted);font-size:12px;margin-top:6px}
 footer{margin-top:40px;color:var(--muted);font-size:12px}
 """

@@ -22,11 +22,28 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .render import to_html, to_markdown
+from .render import Block, to_html, to_markdown
+from .report_analysis import data, error_analysis, methods, multitask, search
 from .report_context import ReportContext
-from .report_sections import build_blocks
+from .report_sections import comparisons, header, performance, table1, verdict
 
 log = logging.getLogger(__name__)
+
+
+def build_blocks(c: ReportContext) -> list[Block]:
+    """All sections in reading order."""
+    return [
+        *header(c),
+        *verdict(c),
+        *table1(c),
+        *comparisons(c),
+        *performance(c),
+        *error_analysis(c),
+        *multitask(c),
+        *search(c),
+        *data(c),
+        *methods(c),
+    ]
 
 
 def write_report(

@@ -30,12 +30,12 @@ FAST: dict[str, dict] = {
 }
 
 
-@pytest.fixture(params=families.names())
+@pytest.fixture(scope="module", params=families.names())
 def family(request: pytest.FixtureRequest) -> type[Family]:
     return families.get(request.param)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def trained(family: type[Family], tiny) -> tuple[type[Family], Model, list[EpochReport], FitData]:
     train, val, spec = tiny
     model = family.build(FAST.get(family.name, {}), spec)

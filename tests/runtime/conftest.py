@@ -8,6 +8,7 @@ plug-in families (``dvt_test_plugins``).
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import sys
@@ -40,7 +41,9 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny phantom dataset (64^2 volumes, few slices); returns the manifest path."""
     from dvt_search.data.phantom import generate
 
-    return generate(tmp_path_factory.mktemp("phantom"), patients=6, seed=0, size=64, slices_per_scan=6, preset="easy")
+    return generate(
+        tmp_path_factory.mktemp("phantom"), patients=6, seed=0, size=64, slices_per_scan=6, preset="easy"
+    )
 
 
 def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
@@ -54,10 +57,16 @@ def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_2_cpus() -> Iterator[None]:
-    """A local Ray instance with 2 CPUs for the whole test module."""
+    """A local Ray instance with 2 CPUs for the test module.
+
+    Consecutive modules share one instance (starting Ray costs ~10 s here); a module that needs
+    another topology (``ray.cluster_utils.Cluster``) shuts it down, and the next user starts a new one.
+    """
     import ray
 
-    ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    if ray.is_initialized() and ray.cluster_resources().get("CPU") != 2.0:
+        ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        atexit.register(ray.shutdown)
     yield
-    ray.shutdown()

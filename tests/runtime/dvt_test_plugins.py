@@ -26,32 +26,39 @@ from dvt_search.families.base import DataSpec, EpochReport, Family, FitData, Mod
 from dvt_search.families.torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
 
 
-def _trial_id() -> str:
+def _where() -> tuple[str, str]:
+    """(Tune trial id, Ray node id) of this process, or placeholders outside Tune/Ray."""
     try:
+        import ray
         import ray.tune
 
-        return ray.tune.get_context().get_trial_id() or "local"
+        return ray.tune.get_context().get_trial_id() or "local", ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - not inside a Tune trial
-        return "local"
+        return "local", "none"
 
 
 def log_attempt(state_dir: str | None, epochs_done: int) -> int:
-    """Append this attempt to ``<state_dir>/attempts.log``; returns the attempt number of this trial."""
+    """Append ``<trial id> <epochs done> <node id>`` to ``<state_dir>/attempts.log``.
+
+    Returns:
+        the attempt number of this trial (1 for its first start).
+    """
     if not state_dir:
         return 1
     path = Path(state_dir) / "attempts.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tid = _trial_id()
+    tid, node = _where()
     with open(path, "a") as fh:
-        fh.write(f"{tid} {epochs_done}\n")
+        fh.write(f"{tid} {epochs_done} {node}\n")
     return sum(1 for line in path.read_text().splitlines() if line.split()[0] == tid)
 
 
-def read_attempts(state_dir: str | os.PathLike[str]) -> list[tuple[str, int]]:
+def read_attempts(state_dir: str | os.PathLike[str]) -> list[tuple[str, int, str]]:
+    """Every logged attempt as ``(trial id, epochs done at its start, node id)``."""
     path = Path(state_dir) / "attempts.log"
     if not path.is_file():
         return []
-    return [(a, int(b)) for a, b in (line.split() for line in path.read_text().splitlines())]
+    return [(a, int(b), c) for a, b, c in (line.split() for line in path.read_text().splitlines())]
 
 
 class TinyNet(nn.Module):
@@ -160,4 +167,3 @@ class Scripted(Family):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ScriptedModel:
         return ScriptedModel.load(directory)
-

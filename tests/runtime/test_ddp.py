@@ -9,13 +9,13 @@ batch statistics or dropout (the ``tiny_cnn`` test family).
 
 from __future__ import annotations
 
+import dvt_test_plugins  # noqa: F401  (registers the test families)
 import pytest
 import torch
 from conftest import PLUGIN, write_spaces
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-import dvt_test_plugins  # noqa: F401  (registers the test families)
 from dvt_search import families
 from dvt_search.data.dataset import build_datasets
 from dvt_search.families.base import DataSpec, FitData
@@ -69,7 +69,9 @@ def test_two_worker_ddp_trial_matches_single_process(ray_2_cpus, phantom, tmp_pa
     torch.set_num_threads(1)
     data = build_datasets(phantom, run.path / "splits.json", size=32)
     train = data["train"]
-    model = families.get("tiny_cnn").build({**rec.params, "max_epochs": EPOCHS}, DataSpec.from_dict(info.config["spec"]))
+    model = families.get("tiny_cnn").build(
+        {**rec.params, "max_epochs": EPOCHS}, DataSpec.from_dict(info.config["spec"])
+    )
     single = []
     for epoch in range(EPOCHS):
         batches = union_batches(len(train), epoch)

@@ -17,7 +17,10 @@ from dvt_search.search.records import RunDir
 
 LR = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
 SPACES = {
-    "sift_bow_svm": {"params": {"k": {"type": "int", "low": 4, "high": 16}}, "fixed": {"svm_kernel": "linear"}},
+    "sift_bow_svm": {
+        "params": {"k": {"type": "int", "low": 4, "high": 16}},
+        "fixed": {"svm_kernel": "linear"},
+    },
     "vgg16": {"params": LR, "fixed": {"batch_size": 8, "head": "gap"}},
     "densenet161": {"params": LR, "fixed": {"batch_size": 8}},
     "multitask_unet": {"params": LR, "fixed": {"batch_size": 8}},
@@ -62,7 +65,9 @@ def test_tiny_search_over_all_families(ray_2_cpus, phantom, tmp_path, capsys) ->
     assert any((run.path / "cache" / "sift").iterdir()), "the SIFT descriptor cache was not pre-warmed"
 
     val = build_datasets(phantom, run.path / "splits.json", size=32)["val"]
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.path / "optuna.journal")))
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run.path / "optuna.journal"))
+    )
     for fam in families.names():
         assert (run.path / "search_spaces" / f"{fam}.yaml").is_file()
         (rec,) = run.trials(fam)

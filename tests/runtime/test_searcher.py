@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import dvt_test_plugins  # noqa: F401  (registers the test families)
 import optuna
 import pytest
 from conftest import PLUGIN, write_spaces
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-import dvt_test_plugins  # noqa: F401  (registers the test families)
 from dvt_search.runtime.searcher import TUNE_ID_ATTR, OptunaStudySearcher, close_unfinished, open_study
 from dvt_search.search.records import RunDir
 from dvt_search.search.space import parse_space
@@ -23,7 +23,9 @@ SPACE = {
 
 
 def _searcher(tmp_path, n=4, budget=3, **kw) -> OptunaStudySearcher:
-    return OptunaStudySearcher(parse_space(SPACE), tmp_path / "optuna.journal", num_samples=n, budget=budget, **kw)
+    return OptunaStudySearcher(
+        parse_space(SPACE), tmp_path / "optuna.journal", num_samples=n, budget=budget, **kw
+    )
 
 
 def _result(epoch: int, value: float) -> dict:

@@ -183,3 +183,14 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     selection = select_run(run.path, n_resamples=2000, seed=0)
     return {"root": root, "run": run, "manifest": manifest, "selection": selection, "cache": cache}
+
+
+@pytest.fixture(scope="session")
+def exported(selected_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vgg16 and sift_bow_svm winners of :func:`selected_run` exported."""
+    from dvt_search.select.export import export_run
+
+    out = tmp_path_factory.mktemp("export")
+    dirs = export_run(selected_run["run"].path, out, families=["vgg16", "sift_bow_svm"])
+    assert sorted(d.name for d in dirs) == ["sift_bow_svm", "vgg16"]
+    return out

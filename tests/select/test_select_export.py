@@ -15,15 +15,7 @@ from dvt_search.families import get
 from dvt_search.select.export import export_run, file_digest_ok
 from dvt_search.select.preprocess import spec_from_preprocess
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def exported(selected_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export")
-    dirs = export_run(selected_run["run"].path, out, families=["vgg16", "sift_bow_svm"])
-    assert sorted(d.name for d in dirs) == ["sift_bow_svm", "vgg16"]
-    return out
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")]
 
 
 def _test_rows(selected_run, family: str) -> pd.DataFrame:
