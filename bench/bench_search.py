@@ -5,7 +5,8 @@
     engine's per-epoch ``wall_s``). Trials run one at a time with every CPU.
 (b) TPE + ASHA vs random search (FIFO, full budget) on the phantom, over several seeds: the epochs TPE+ASHA
     spends until its best ``val_auc`` reaches the best one random search found with its whole budget.
-    Trials run one at a time, so "epochs spent" has one order (trial by trial).
+    Trials run one at a time, so "epochs spent" has one order (trial by trial). Every run uses the same
+    splits; the two searches of a seed use different sampler seeds.
 (c) A SIFT-BoW-SVM search with the shared descriptor cache (pre-warmed once) vs ``--no-sift-cache``
     (every trial extracts its own descriptors): search wall time.
 
@@ -47,6 +48,7 @@ def _options(args: argparse.Namespace, name: str, **kw: Any) -> Any:
 
     base = dict(
         manifest=args.data,
+        splits=args.splits,
         storage=args.out,
         name=name,
         size=args.size,
@@ -108,12 +110,13 @@ def tpe_vs_random(args: argparse.Namespace) -> dict[str, Any]:
 
     results = []
     for seed in range(args.seeds):
-        common = dict(families=[args.family], trials=args.trials, max_epochs=args.epochs, seed=seed)
-        random_opts = _options(args, f"random-{seed}", sampler="random", scheduler="fifo", **common)
+        common = dict(families=[args.family], trials=args.trials, max_epochs=args.epochs)
+        random_opts = _options(args, f"random-{seed}", sampler="random", scheduler="fifo", seed=seed, **common)
         tpe_opts = _options(
             args,
             f"tpe-asha-{seed}",
             sampler="tpe",
+            seed=1000 + seed,  # TPE's random start-up must not replay the random search's first draws
             scheduler="asha",
             startup_trials=args.tpe_startup,
             grace_period=1,
@@ -207,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 slices_per_scan=6,
                 preset="easy",
             )
+        from dvt_search.data.schema import read_manifest
+        from dvt_search.data.splits import make_splits
+
+        args.splits = make_splits(read_manifest(args.data), seed=0).save(Path(tmp) / "splits.json")  # one split for all
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
         figures: dict[str, Any] = {"cpus": os.cpu_count()}
         t0 = time.perf_counter()

@@ -68,9 +68,9 @@ class MultitaskUNetNet(nn.Module):
         self.up4 = UpBlock(512, 256, 256)  # -> H/16
         self.up3 = UpBlock(256, 128, 128)  # -> H/8
         self.up2 = UpBlock(128, 64, 64)  # -> H/4
-        self.up1 = UpBlock(64, 64, 64)  # -> H/2
-        self.up0 = UpBlock(64, 0, 32)  # -> H
-        self.seg_head = nn.Conv2d(32, 1, kernel_size=1)
+        self.up1 = UpBlock(64, 64, 32)  # -> H/2 (channels halve as resolution doubles: the top two
+        self.up0 = UpBlock(32, 0, 16)  # -> H      levels dominate the cost at 512^2)
+        self.seg_head = nn.Conv2d(16, 1, kernel_size=1)
         self.cls_branch = nn.Sequential(BasicBlock(512, 512), BasicBlock(512, 512))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.cls_head = nn.Sequential(nn.Dropout(check_range(params, "dropout", 0.0, 1.0)), nn.Linear(512, 1))
