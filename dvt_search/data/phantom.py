@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import tempfile
+import secrets
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -209,7 +209,7 @@ def generate(
     fresh = not out.exists()
     parent = out.parent if fresh else out
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-" if fresh else ".tmp-", dir=parent))
+    tmp = _make_tmp_dir(parent, f".{out.name}.tmp-" if fresh else ".tmp-")
     try:
         rows = _render_all(plans, tmp, seed, size, preset, workers)
         write_manifest(pd.DataFrame(rows), tmp / MANIFEST_NAME)
@@ -222,12 +222,37 @@ def generate(
     return manifest
 
 
+def _make_tmp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory in ``parent`` (permissions from the umask, unlike ``mkdtemp``)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Move a finished build from ``tmp`` into the existing ``out``; the manifest is moved last."""
+    """Move a finished build from ``tmp`` into the existing ``out``; the manifest is moved last.
+
+    The previous dataset is parked in ``tmp/.old`` (deleted with ``tmp``) and put back if a move fails.
+    """
     trash = tmp / ".old"
     trash.mkdir()
-    for name in (MANIFEST_NAME, VOLUMES_DIR):  # a stale manifest never points at new volumes
-        if (out / name).exists():
-            os.replace(out / name, trash / name)
-    os.replace(tmp / VOLUMES_DIR, out / VOLUMES_DIR)
-    os.replace(tmp / MANIFEST_NAME, out / MANIFEST_NAME)
+    parked = []
+    try:
+        for name in (MANIFEST_NAME, VOLUMES_DIR):  # a stale manifest never points at new volumes
+            if (out / name).exists():
+                os.replace(out / name, trash / name)
+                parked.append(name)
+        os.replace(tmp / VOLUMES_DIR, out / VOLUMES_DIR)
+        os.replace(tmp / MANIFEST_NAME, out / MANIFEST_NAME)
+    except BaseException:
+        for name in reversed(parked):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            elif (out / name).exists():
+                (out / name).unlink()
+            os.replace(trash / name, out / name)
+        raise

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,8 @@ def write_dicom_series(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: directory is not empty; refusing to mix DICOM series")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()
     z_count, rows, cols = vol.shape
     study_uid, frame_uid = _uid(seed, "study"), _uid(seed, "frame")
     series_uid = series_uid or _uid(seed, "series")

@@ -78,7 +78,9 @@ def to_device(batch: Mapping[str, Any], device: torch.device, channels_last: boo
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast on CUDA when ``enabled`` (a disabled context elsewhere)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+    )
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -212,7 +212,12 @@ def run_inference(
 
 
 def evaluate(
-    module: nn.Module, task: TrainTask, dataset: Dataset, cfg: LoopConfig, device: torch.device, prefix: str = "val_"
+    module: nn.Module,
+    task: TrainTask,
+    dataset: Dataset,
+    cfg: LoopConfig,
+    device: torch.device,
+    prefix: str = "val_",
 ) -> dict[str, float]:
     """Loss, AUC, precision/recall at the Youden threshold and the task's extras on ``dataset``."""
     out = run_inference(module, task, dataset, cfg, device, with_loss=True)

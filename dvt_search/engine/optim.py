@@ -111,7 +111,11 @@ def build_optimizer(
     params = [p for p in module.parameters() if p.requires_grad]
     on_cuda = bool(params) and params[0].device.type == "cuda"
     optimizer = torch.optim.Adam(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=None if on_cuda else True, fused=on_cuda or None
+        params,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        foreach=None if on_cuda else True,
+        fused=on_cuda or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     return optimizer, scheduler

@@ -134,7 +134,9 @@ def _train(args: argparse.Namespace) -> int:
             m = report.metrics
             parts = " ".join(f"{k}={m[k]:.4f}" for k in _SHOWN if k in m)
             extras = " ".join(
-                f"{k}={v:.4f}" for k, v in m.items() if k not in _SHOWN and k.startswith("val_") and "loss" not in k
+                f"{k}={v:.4f}"
+                for k, v in m.items()
+                if k not in _SHOWN and k.startswith("val_") and "loss" not in k
             )
             speed = f" ({m['img_per_s']:.1f} img/s)" if "img_per_s" in m else ""
             print(f"epoch {report.epoch}: {parts} {extras}{speed}".rstrip(), flush=True)

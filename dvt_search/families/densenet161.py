@@ -25,7 +25,9 @@ from .base import DataSpec
 from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
 from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def _remap_legacy(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -76,7 +78,9 @@ class DenseNet161Model(TorchModel):
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         return DenseNet161Net(params, spec, load_pretrained=load_pretrained)
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return slice_bce(outputs, batch)
 
 

@@ -34,7 +34,9 @@ from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class UpBlock(nn.Module):
@@ -114,9 +116,18 @@ class MultitaskUNetModel(TorchModel):
         self.w1 = auto_w1 if params["w1"] is None else check_range(params, "w1", 0.0, float("inf"))
         return MultitaskUNetNet(params, spec, load_pretrained=load_pretrained)
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return multitask_loss(
-            outputs["logit"], batch["label"], outputs["seg"], batch["mask"], a=self.a, b=self.b, w0=self.w0, w1=self.w1
+            outputs["logit"],
+            batch["label"],
+            outputs["seg"],
+            batch["mask"],
+            a=self.a,
+            b=self.b,
+            w0=self.w0,
+            w1=self.w1,
         )
 
     def val_collect(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -83,7 +83,9 @@ class PatchResNet50Model(TorchModel):
             )
         return patches.reshape(vein.shape)
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         vein = patch_bce(outputs["vein"], self._patch_targets(outputs, batch), pos_weight=self.pos_weight)
         slice_loss = bce(outputs["logit"], batch["label"])
         return vein + self.slice_loss_weight * slice_loss, {"vein": vein, "slice": slice_loss}

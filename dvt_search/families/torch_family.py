@@ -82,7 +82,9 @@ class TorchModel(Model):
         """The network for ``params``; ``load_pretrained=False`` when a checkpoint will overwrite it."""
 
     @abstractmethod
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar training loss and its named parts (reported as ``train_loss_<name>``)."""
 
     def slice_scores(self, outputs: dict[str, Tensor]) -> Tensor:

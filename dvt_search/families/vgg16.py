@@ -42,7 +42,9 @@ class VGG16Net(nn.Module):
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
             load_torchvision_weights(net, weights)
-        self.stem, net.features[0] = stem_and_conv(params, spec.in_channels, net.features[0], weights is not None)
+        self.stem, net.features[0] = stem_and_conv(
+            params, spec.in_channels, net.features[0], weights is not None
+        )
         self.features = net.features
         self.gap = head == "gap"
         if self.gap:
@@ -70,7 +72,9 @@ class VGG16Model(TorchModel):
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         return VGG16Net(params, spec, load_pretrained=load_pretrained)
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return slice_bce(outputs, batch)
 
 

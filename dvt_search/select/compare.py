@@ -269,12 +269,14 @@ def compare(
 
 
 def write_comparison(run_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
+    """Write ``<run>/comparison.json`` atomically."""
     path = Path(run_path) / COMPARISON_FILE
     atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=float, allow_nan=True))
     return path
 
 
 def read_comparison(run_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The stored comparison of a run (``FileNotFoundError`` telling to run ``select`` when absent)."""
     path = Path(run_path) / COMPARISON_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no comparison (run `dvt-search select {run_path}` first)")

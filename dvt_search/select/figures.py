@@ -50,6 +50,7 @@ def _png(fig: Any) -> bytes:
 
 
 def colours(families: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per family, in the given order (the same family keeps its colour in every figure)."""
     return {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(families)}
 
 

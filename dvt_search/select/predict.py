@@ -45,6 +45,7 @@ class Exported:
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> Exported:
+        """Read ``export.json``, ``preprocess.json`` and ``threshold.json`` of an export directory."""
         d = Path(directory)
         try:
             info = json.loads((d / "export.json").read_text())

@@ -65,7 +65,9 @@ class ToyModel(TorchModel):
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         return ToyNet(params["dropout"])
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         return slice_bce(outputs, batch)
 
 
@@ -116,7 +118,15 @@ def test_metrics_of_an_epoch_and_learning() -> None:
     reports = model.fit(data(), 3)
     assert [r.epoch for r in reports] == [1, 2, 3]
     m = reports[-1].metrics
-    for key in ("train_loss", "val_loss", "val_auc", "val_precision", "val_recall", "val_threshold", "wall_s"):
+    for key in (
+        "train_loss",
+        "val_loss",
+        "val_auc",
+        "val_precision",
+        "val_recall",
+        "val_threshold",
+        "wall_s",
+    ):
         assert math.isfinite(m[key]), key
     assert m["img_per_s"] > 0
     assert [r.metrics["lr"] for r in reports] == pytest.approx([0.01, 0.005, 0.0025])
@@ -164,3 +174,42 @@ def test_save_replaces_atomically_and_load_checks_family(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="family 'toy'"):
         Other.load(target)
+
+
+def test_ddp_hooks_with_a_real_process_group(tmp_path) -> None:
+    """The runtime's hooks (DDP wrapper, distributed sampler) with a one-rank gloo process group."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    wrapped: list[nn.Module] = []
+
+    def prepare_model(module: nn.Module) -> nn.Module:
+        wrapped.append(DistributedDataParallel(module))
+        return wrapped[-1]
+
+    def prepare_loader(loader: DataLoader) -> DataLoader:
+        sampler = DistributedSampler(loader.dataset, shuffle=True, seed=0)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = ToyModel(PARAMS, SPEC)
+        reports = model.fit(data(), 2, prepare_model=prepare_model, prepare_loader=prepare_loader)
+    finally:
+        dist.destroy_process_group()
+    assert len(wrapped) == 1 and wrapped[0].module is model.module
+    assert [r.epoch for r in reports] == [1, 2] and math.isfinite(reports[-1].metrics["val_auc"])
+    assert not any(k.startswith("module.") for k in model.module.state_dict())
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_channels_last_and_cpu_reload(tmp_path) -> None:
+    model = ToyModel(PARAMS, SPEC)
+    reports = model.fit(data(), 2, device="cuda")
+    assert next(model.module.parameters()).is_cuda
+    assert math.isfinite(reports[-1].metrics["train_loss"])
+    loaded = ToyModel.load(model.save(tmp_path / "ckpt"))
+    cpu = loaded.predict(data().val, device="cpu")
+    np.testing.assert_allclose(cpu, model.predict(data().val), atol=0.05)

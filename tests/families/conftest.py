@@ -33,7 +33,9 @@ def _one_thread() -> None:
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
     """An easy femoral phantom at 64^2: 8 patients, ~550 slices (2 s to generate)."""
     out = tmp_path_factory.mktemp("phantom") / "easy"
-    manifest = generate(out, patients=8, seed=0, size=SIZE, slices_per_scan=12, preset="easy", iliac_fraction=0.0)
+    manifest = generate(
+        out, patients=8, seed=0, size=SIZE, slices_per_scan=12, preset="easy", iliac_fraction=0.0
+    )
     return manifest, read_manifest(manifest)
 
 

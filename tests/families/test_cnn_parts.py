@@ -29,7 +29,11 @@ def test_replicate_stem_repeats_channels_and_normalizes() -> None:
     x = torch.rand(2, 2, 8, 8)
     out = InputStem(2, "replicate", normalize=False)(x)
     assert out.shape == (2, 3, 8, 8)
-    assert torch.equal(out[:, 0], x[:, 0]) and torch.equal(out[:, 1], x[:, 1]) and torch.equal(out[:, 2], x[:, 0])
+    assert (
+        torch.equal(out[:, 0], x[:, 0])
+        and torch.equal(out[:, 1], x[:, 1])
+        and torch.equal(out[:, 2], x[:, 0])
+    )
     norm = InputStem(1, "replicate", normalize=True)(torch.full((1, 1, 2, 2), 0.485))
     assert torch.allclose(norm[:, 0], torch.zeros(1, 2, 2), atol=1e-6)
 

@@ -21,8 +21,17 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_parse_params_uses_yaml_scalars() -> None:
-    got = parse_params(["lr=1e-4", "stem=adapt", "w0=null", "batch_norm=true", "batch_size=4", "dropout=0.25"])
-    assert got == {"lr": 1e-4, "stem": "adapt", "w0": None, "batch_norm": True, "batch_size": 4, "dropout": 0.25}
+    got = parse_params(
+        ["lr=1e-4", "stem=adapt", "w0=null", "batch_norm=true", "batch_size=4", "dropout=0.25"]
+    )
+    assert got == {
+        "lr": 1e-4,
+        "stem": "adapt",
+        "w0": None,
+        "batch_norm": True,
+        "batch_size": 4,
+        "dropout": 0.25,
+    }
     assert isinstance(got["batch_size"], int)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_params(["lr"])
