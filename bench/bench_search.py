@@ -111,7 +111,9 @@ def tpe_vs_random(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for seed in range(args.seeds):
         common = dict(families=[args.family], trials=args.trials, max_epochs=args.epochs)
-        random_opts = _options(args, f"random-{seed}", sampler="random", scheduler="fifo", seed=seed, **common)
+        random_opts = _options(
+            args, f"random-{seed}", sampler="random", scheduler="fifo", seed=seed, **common
+        )
         tpe_opts = _options(
             args,
             f"tpe-asha-{seed}",
@@ -213,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         from dvt_search.data.schema import read_manifest
         from dvt_search.data.splits import make_splits
 
-        args.splits = make_splits(read_manifest(args.data), seed=0).save(Path(tmp) / "splits.json")  # one split for all
+        args.splits = make_splits(read_manifest(args.data), seed=0).save(
+            Path(tmp) / "splits.json"
+        )  # one split for all
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
         figures: dict[str, Any] = {"cpus": os.cpu_count()}
         t0 = time.perf_counter()

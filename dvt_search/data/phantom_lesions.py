@@ -2,7 +2,7 @@
 
 A :class:`ClotSegment` is a filling defect spanning consecutive slices of one vein: eccentric (on the
 wall), central (floating) or occlusive (filling the lumen, possibly with a thin contrast rim and a
-distended vein), small at both ends of the segment. A :class:`MixSegment` is inflow of unopacified
+distended vein), small at both ends of the segment, sometimes with perivenous edema (hazy fat). A :class:`MixSegment` is inflow of unopacified
 blood: a soft-edged low-HU region inside the lumen that mimics a clot on slices without one.
 """
 
@@ -32,6 +32,7 @@ class ClotSegment:
     drift: float
     central: bool  # floating in the middle of the lumen instead of on the wall
     rim_mm: float  # contrast rim left around an occlusive clot (0 = none)
+    edema_hu: float  # HU added to the perivenous fat at the middle of the segment (0 = none)
 
     def envelope(self, z: int) -> float:
         """0..1 profile of the clot along its segment (small at both ends)."""
@@ -97,6 +98,7 @@ def sample_clots(rng: np.random.Generator, n: int, preset: Preset) -> tuple[Clot
                 drift=float(rng.normal(0, 4)),
                 central=bool(rng.random() < 0.25),
                 rim_mm=float(rng.uniform(0.6, 1.2)) if rng.random() < 0.3 else 0.0,
+                edema_hu=float(rng.uniform(*preset.edema_hu)) if rng.random() < preset.edema_prob else 0.0,
             )
         )
     return tuple(out)

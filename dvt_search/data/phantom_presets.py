@@ -100,6 +100,8 @@ class Preset:
     mixing_hu: tuple[float, float]  # HU of unopacified inflowing blood inside the vein
     node_rate: float  # expected lymph nodes per side per scan
     pad_mm: tuple[float, float]  # fat around the vessel pair (contrast of an occluded vein)
+    edema_prob: float  # probability that a clot segment has perivenous edema (hazy fat)
+    edema_hu: tuple[float, float]  # HU added to the fat around a clotted vein at the segment middle
 
 
 PRESETS: dict[str, Preset] = {
@@ -121,6 +123,8 @@ PRESETS: dict[str, Preset] = {
         mixing_hu=(60.0, 100.0),
         node_rate=1.0,
         pad_mm=(3.0, 7.0),
+        edema_prob=0.5,
+        edema_hu=(20.0, 60.0),
     ),
     "easy": Preset(
         name="easy",
@@ -140,6 +144,8 @@ PRESETS: dict[str, Preset] = {
         mixing_hu=(100.0, 120.0),
         node_rate=0.0,
         pad_mm=(5.0, 9.0),
+        edema_prob=1.0,
+        edema_hu=(40.0, 70.0),
     ),
 }
 

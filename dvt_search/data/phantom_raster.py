@@ -59,11 +59,14 @@ class TargetVein:
     clot_hu: float
     blend: np.ndarray | None  # weight of unopacified blood per pixel (mixing artifact)
     blend_hu: float
+    edema: np.ndarray | None  # HU added to the surrounding fat (perivenous edema)
 
-    def paint(self, hu: np.ndarray, vein_hu: float) -> None:
-        """Colour the lumen (opacified blood, inflow blend) and the clot in the HU image."""
+    def paint(self, hu: np.ndarray, tissue: np.ndarray, vein_hu: float) -> None:
+        """Colour the lumen (opacified blood, inflow blend), the clot and its edema in the HU image."""
         x0, y0, x1, y1 = self.box
         roi = hu[y0:y1, x0:x1]
+        if self.edema is not None:
+            roi += self.edema * (tissue[y0:y1, x0:x1] == FAT)
         roi[self.lumen] = vein_hu
         if self.blend is not None:
             roi[:] = roi * (1.0 - self.blend) + self.blend_hu * self.blend
@@ -80,20 +83,25 @@ def draw_target(
     mixes: tuple[MixSegment, ...],
 ) -> TargetVein:
     """Draw target vein ``v`` (lumen into ``mask``, :data:`VEIN`/:data:`CLOT` into ``tissue``)."""
-    x0, y0, x1, y1 = cv.roi(v, 1.0)
+    x0, y0, x1, y1 = cv.roi(v, max(v.ax, v.ay) + 4.0)
     off = (x0, y0)
     lumen = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     cv.ellipse(lumen, v, 1, off)
     empty = np.zeros(lumen.shape, dtype=bool)
     if not lumen.any():  # vessel outside the grid
-        return TargetVein((x0, y0, x1, y1), empty, empty, 0.0, None, 0.0)
+        return TargetVein((x0, y0, x1, y1), empty, empty, 0.0, None, 0.0, None)
     rmin = min(v.ax, v.ay)
     clot = np.zeros_like(lumen)
-    clot_hu = 0.0
+    clot_hu, edema = 0.0, None
     for c in clots:
         if c.target != v.target:
             continue
         clot_hu = c.hu
+        if c.edema_hu > 0:
+            halo = np.zeros(lumen.shape, dtype=np.float32)
+            cv.ellipse(halo, Vessel(0, v.cx, v.cy, v.ax + 3.0, v.ay + 3.0, v.angle), 1.0, off)
+            halo = cv2.GaussianBlur(halo, (0, 0), max(2.0 / cv.sp, 0.5))
+            edema = halo * np.float32(c.edema_hu * c.envelope(z))
         rc, dx, dy = c.disc(z, rmin)
         if math.isinf(rc):
             clot[:] = 1
@@ -126,7 +134,7 @@ def draw_target(
             weight = blob * np.float32(m.strength(z)) * (lumen_b & ~clot_b)
             blend = weight if blend is None else np.maximum(blend, weight)
             blend_hu = m.hu
-    return TargetVein((x0, y0, x1, y1), lumen_b, clot_b, clot_hu, blend, blend_hu)
+    return TargetVein((x0, y0, x1, y1), lumen_b, clot_b, clot_hu, blend, blend_hu, edema)
 
 
 def add_streaks(cv: Canvas, hu: np.ndarray, tissue: np.ndarray, streaks: list[Band], depth: float) -> None:

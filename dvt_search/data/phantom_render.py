@@ -165,7 +165,7 @@ def render_slice(spec: ScanSpec, z: int, rng: np.random.Generator) -> tuple[np.n
     field = cv2.resize(spec.texture[z], (size, size), interpolation=cv2.INTER_LINEAR)
     hu += field * _TEXTURE_AMP[tissue]
     for k, target in targets:
-        target.paint(hu, float(np.clip(spec.vein_hu[k] * spec.enhance[z], 90.0, 160.0)))
+        target.paint(hu, tissue, float(np.clip(spec.vein_hu[k] * spec.enhance[z], 90.0, 160.0)))
     sigma = spec.blur_mm / cv.sp
     if sigma >= 0.3:
         hu = cv2.GaussianBlur(hu, (0, 0), sigma)

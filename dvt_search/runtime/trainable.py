@@ -20,6 +20,7 @@ shared cache the driver pre-warmed.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +42,12 @@ def _limit_threads(cpus: float) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
+
+
+def _quiet_checkpoint_logs() -> None:
+    """Ray logs one INFO line per persisted checkpoint (every epoch of every trial); keep warnings only."""
+    for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _build_or_resume(
@@ -87,6 +94,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of every family (``config = {"params", "optuna_number", "run"}``)."""
     setup = TrialSetup.from_dict(config["run"])
     import_plugins(setup.plugins)
+    _quiet_checkpoint_logs()
     if setup.kind == "torch" and setup.trainer == "ray-train":
         _run_ray_train(config, setup)
         return
@@ -109,6 +117,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     setup = TrialSetup.from_dict(config["run"])
     import_plugins(setup.plugins)
+    _quiet_checkpoint_logs()
     _limit_threads(setup.cpus)
     rank = ray.train.get_context().get_world_rank()
     family = families.get(setup.family)
