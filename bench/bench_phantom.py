@@ -36,14 +36,18 @@ def generate_rate(size: int, slices: int, patients: int, workers: int) -> tuple[
     """(slices per second, slices) of ``generate`` end to end, writes included."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        manifest = generate(Path(tmp) / "ds", patients=patients, size=size, slices_per_scan=slices, workers=workers)
+        manifest = generate(
+            Path(tmp) / "ds", patients=patients, size=size, slices_per_scan=slices, workers=workers
+        )
         elapsed = time.perf_counter() - start
         rows = len(read_manifest(manifest))
     return rows / elapsed, rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 128])
     parser.add_argument("--slices", type=int, default=32, help="mean slices per scan")
     parser.add_argument("--scans", type=int, default=3, help="scans rendered per configuration")

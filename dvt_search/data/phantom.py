@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import secrets
+import shutil
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass

@@ -34,7 +34,9 @@ class Canvas:
         axes = (max(round(e.ax / self.sp * _ONE), 1), max(round(e.ay / self.sp * _ONE), 1))
         cv2.ellipse(img, center, axes, e.angle, 0, 360, value, -1, cv2.LINE_8, _SHIFT)
 
-    def band(self, img: np.ndarray, b: Band, value: float, line_type: int = cv2.LINE_8, offset=(0, 0)) -> None:
+    def band(
+        self, img: np.ndarray, b: Band, value: float, line_type: int = cv2.LINE_8, offset=(0, 0)
+    ) -> None:
         """Draw band ``b`` with ``value`` (at least one pixel wide)."""
         (x0, y0), (x1, y1) = self.px(b.x0, b.y0), self.px(b.x1, b.y1)
         p0 = (round((x0 - offset[0]) * _ONE), round((y0 - offset[1]) * _ONE))

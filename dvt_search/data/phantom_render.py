@@ -132,7 +132,9 @@ def sample_scan(
     )
 
 
-def render_slice(spec: ScanSpec, z: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_slice(
+    spec: ScanSpec, z: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render slice ``z`` of ``spec``: ``(hu int16[H, W], vein mask uint8[H, W], tissue uint8[H, W])``.
 
     ``rng`` supplies the noise. The tissue map holds the codes of :mod:`.phantom_presets`; clot pixels

@@ -12,6 +12,7 @@ continues it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from dvt_search.search.records import RunDir, TrialRecord
+from dvt_search.search.records import TRIAL_FILE, RunDir, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,8 @@ class RecordsCallback(Callback):
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _record(self, trial: Any) -> TrialRecord:
-        f = self.run.trial_dir(self.family, trial.trial_id) / "trial.json"
+        f = self.run.trial_dir(self.family, trial.trial_id) / TRIAL_FILE
         if f.is_file():
-            import json
-
             return TrialRecord.from_dict(json.loads(f.read_text()))
         cfg = trial.config
         return TrialRecord(
@@ -202,6 +201,7 @@ class RecordsCallback(Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         rec = self._record(trial)
         rec.failures += 1
+        rec.wall_s = self._wall(trial.trial_id)  # the failed attempt's time; the retry starts a new clock
         self.run.write_trial(rec)
         log.warning(
             "%s trial %s failed and will be retried from its last checkpoint", self.family, trial.trial_id

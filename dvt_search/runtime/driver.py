@@ -274,6 +274,19 @@ def _setup(opts: SearchOptions, fam: str, run_path: Path, spec: dict[str, Any]) 
     )
 
 
+def _note_family(rd: RunDir, fam: str, setup: TrialSetup, settings: TuneSettings) -> None:
+    """Record in ``run.json`` how the family's trials were run (budget, trainer, concurrency)."""
+    info = rd.read_info()
+    info.config.setdefault("family_runs", {})[fam] = {
+        "budget_epochs": setup.budget,
+        "trainer": setup.trainer,
+        "workers": setup.workers,
+        "max_concurrent": settings.max_concurrent,
+        "scheduler": "fifo" if setup.budget <= 1 else settings.scheduler,
+    }
+    rd.write_info(info)
+
+
 def _mark_finished(rd: RunDir, fam: str) -> None:
     info = rd.read_info()
     done = info.config.setdefault("finished_families", [])
@@ -327,11 +340,11 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         spec = spec_for(datasets(_setup(opts, fams[0], rd.path, {}))["train"], seed=opts.seed).to_dict()
         info.config["spec"] = spec
         rd.write_info(info)
-    if "sift_bow_svm" in fams and opts.sift_cache:
+    finished = set(info.config.get("finished_families", []))
+    if "sift_bow_svm" in fams and "sift_bow_svm" not in finished and opts.sift_cache:
         from .prewarm import prewarm_sift
 
         prewarm_sift(_setup(opts, "sift_bow_svm", rd.path, spec), spaces["sift_bow_svm"], ray_info.cpus)
-    finished = set(info.config.get("finished_families", []))
     for fam in fams:
         if fam in finished:
             print(f"[{fam}] already finished; skipped", flush=True)
@@ -351,6 +364,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
             max_concurrent=opts.max_concurrent or max_concurrent(ray_info, cpus=cpus, gpus=gpus),
             progress_every_s=opts.progress_every_s,
         )
+        _note_family(rd, fam, setup, settings)
         print(
             f"[{fam}] searching {opts.trials} trials, up to {setup.budget} epoch(s) each, "
             f"{settings.max_concurrent} at a time ({setup.trainer})",

@@ -58,7 +58,6 @@ def test_same_seed_same_bytes_other_seed_differs(dataset: Path, tmp_path: Path) 
     assert not same_layout or _volumes(other.parent) != _volumes(dataset.parent)
 
 
-@pytest.mark.slow
 def test_workers_give_identical_output(dataset: Path, tmp_path: Path) -> None:
     parallel = phantom.generate(tmp_path / "par", **SMALL, workers=2)
     assert _volumes(parallel.parent) == _volumes(dataset.parent)
@@ -75,7 +74,10 @@ def test_manifest_round_trip_ids_and_layout(dataset: Path, tmp_path: Path) -> No
     for row in df.itertuples():
         assert re.fullmatch(r"P\d{4}", row.patient_id)
         assert row.study_id.startswith(row.patient_id + "-S") and row.scan_id.startswith(row.study_id + "-C")
-        assert row.image_path == f"volumes/{row.scan_id}/image.npy" and row.mask_path == f"volumes/{row.scan_id}/mask.npy"
+        assert (
+            row.image_path == f"volumes/{row.scan_id}/image.npy"
+            and row.mask_path == f"volumes/{row.scan_id}/mask.npy"
+        )
         assert row.image_index == row.slice_index == row.mask_index
     studies = df.groupby("patient_id")["study_id"].nunique()
     scans = df.groupby("study_id")["scan_id"].nunique()
@@ -107,7 +109,9 @@ def test_patches_labels_and_masks_agree_with_the_rendered_anatomy(dataset: Path)
     plans = {p.scan_id: p for p in phantom.plan_dataset(3, 7, 5, 0.5)}
     assert set(plans) == set(df["scan_id"])
     for scan_id, rows in df.groupby("scan_id"):
-        spec, image, mask, tissue = phantom.render_plan(plans[scan_id], seed=7, size=64, preset="standard", with_tissue=True)
+        spec, image, mask, tissue = phantom.render_plan(
+            plans[scan_id], seed=7, size=64, preset="standard", with_tissue=True
+        )
         assert np.array_equal(np.load(dataset.parent / rows["image_path"].iloc[0]), image)
         assert np.array_equal(np.load(dataset.parent / rows["mask_path"].iloc[0]), mask)
         for row in rows.itertuples():
@@ -192,7 +196,9 @@ def test_clot_pixels_are_thrombus_dense_and_easy_clots_are_conspicuous() -> None
 
 def test_easy_preset_is_quieter_than_standard() -> None:
     plan = _first_plan("femoral")
-    std = [phantom.scan_spec(p, seed=0, size=64, preset="standard") for p in phantom.plan_dataset(6, 0, 8, 0.5)]
+    std = [
+        phantom.scan_spec(p, seed=0, size=64, preset="standard") for p in phantom.plan_dataset(6, 0, 8, 0.5)
+    ]
     easy = [phantom.scan_spec(p, seed=0, size=64, preset="easy") for p in phantom.plan_dataset(6, 0, 8, 0.5)]
     assert max(s.noise_sd for s in easy) < min(s.noise_sd for s in std)
     assert sum(len(s.mixes) for s in easy) < sum(len(s.mixes) for s in std)
@@ -210,6 +216,11 @@ def test_refuses_to_overwrite_unless_asked(dataset: Path, tmp_path: Path) -> Non
     fresh = phantom.generate(tmp_path / "fresh", **{**SMALL, "seed": 9, "patients": 2})
     assert _volumes(out) == _volumes(fresh.parent)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "volumes"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("kept")
+    phantom.generate(existing, **{**SMALL, "patients": 1})
+    assert sorted(p.name for p in existing.iterdir()) == ["manifest.parquet", "notes.txt", "volumes"]
 
 
 def _failing_writer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,15 +264,21 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
 
 
 def _read_series(files: list[Path]) -> tuple[list[pydicom.Dataset], np.ndarray]:
-    datasets = sorted((pydicom.dcmread(f) for f in reversed(files)), key=lambda d: float(d.ImagePositionPatient[2]))
-    hu = np.stack([d.pixel_array.astype(np.int32) * int(d.RescaleSlope) + int(d.RescaleIntercept) for d in datasets])
+    datasets = sorted(
+        (pydicom.dcmread(f) for f in reversed(files)), key=lambda d: float(d.ImagePositionPatient[2])
+    )
+    hu = np.stack(
+        [d.pixel_array.astype(np.int32) * int(d.RescaleSlope) + int(d.RescaleIntercept) for d in datasets]
+    )
     return datasets, hu
 
 
 def test_dicom_series_round_trips_to_hu(tmp_path: Path) -> None:
     spec = phantom.scan_spec(_first_plan("femoral"), seed=0, size=48, preset="standard")
     volume = np.stack([render_slice(spec, z, np.random.default_rng(z))[0] for z in range(4)])
-    files = phantom.write_dicom_series(volume, tmp_path / "series", spacing_mm=(0.7, 0.75), thickness_mm=2.0, seed=5)
+    files = phantom.write_dicom_series(
+        volume, tmp_path / "series", spacing_mm=(0.7, 0.75), thickness_mm=2.0, seed=5
+    )
     assert len(files) == 4 and all(f.is_file() for f in files)
     datasets, hu = _read_series(files)
     assert np.array_equal(hu, volume)
@@ -274,7 +291,9 @@ def test_dicom_series_round_trips_to_hu(tmp_path: Path) -> None:
     assert [float(v) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
     assert float(first.RescaleSlope) == 1 and float(first.RescaleIntercept) == -1024
     assert str(first.PatientName) == "PHANTOM^ANON" and first.PatientID == "PHANTOM-5"
-    assert len({d.SOPInstanceUID for d in datasets}) == 4 and len({d.SeriesInstanceUID for d in datasets}) == 1
+    assert (
+        len({d.SOPInstanceUID for d in datasets}) == 4 and len({d.SeriesInstanceUID for d in datasets}) == 1
+    )
     assert np.array_equal(load_slice(files[2]), volume[2].astype(np.float32))
     again = phantom.write_dicom_series(volume, tmp_path / "again", seed=5)
     assert pydicom.dcmread(again[0]).SOPInstanceUID == pydicom.dcmread(files[0]).SOPInstanceUID
@@ -298,6 +317,8 @@ def test_export_scan_dicom_writes_the_scan_in_slice_order(dataset: Path, tmp_pat
     datasets, hu = _read_series(files)
     assert np.array_equal(hu, np.load(dataset.parent / rows["image_path"].iloc[0]))
     assert float(datasets[0].SliceThickness) == pytest.approx(float(rows["slice_thickness_mm"].iloc[0]))
-    assert float(datasets[0].PixelSpacing[0]) == pytest.approx(float(rows["spacing_row_mm"].iloc[0]), rel=1e-5)
+    assert float(datasets[0].PixelSpacing[0]) == pytest.approx(
+        float(rows["spacing_row_mm"].iloc[0]), rel=1e-5
+    )
     with pytest.raises(KeyError, match="P9999"):
         phantom.export_scan_dicom(dataset, "P9999-S1-C1", tmp_path / "none")
