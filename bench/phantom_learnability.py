@@ -40,7 +40,7 @@ def tiny_cnn() -> nn.Module:
     """Four conv blocks and a global max pool (a small lesion anywhere makes the slice positive)."""
     layers: list[nn.Module] = []
     width = 1
-    for out in (8, 16, 32, 64):
+    for out in (16, 32, 48, 64):
         layers += [nn.Conv2d(width, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         if out != 64:
             layers.append(nn.MaxPool2d(2))

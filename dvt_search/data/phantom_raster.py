@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .phantom_anatomy import Band, Ellipse, Vessel
 from .phantom_lesions import ClotSegment, MixSegment
 from .phantom_presets import CLOT, FAT, SKIN, VEIN
+from .phantom_shapes import Band, Ellipse, Vessel
 
 _SHIFT = 4  # OpenCV sub-pixel drawing: coordinates in 1/16 pixel
 _ONE = 1 << _SHIFT
@@ -139,11 +139,11 @@ def draw_target(
     return TargetVein((x0, y0, x1, y1), lumen_b, clot_b, clot_hu, blend, blend_hu, edema)
 
 
-def add_streaks(cv: Canvas, hu: np.ndarray, tissue: np.ndarray, streaks: list[Band], depth: float) -> None:
-    """Dark beam-hardening bands between two bones (plus two fainter oblique ones), inside the body."""
-    if depth <= 0 or not streaks:
+def add_streaks(cv: Canvas, hu: np.ndarray, tissue: np.ndarray, streak: Band | None, depth: float) -> None:
+    """A dark beam-hardening band along ``streak`` (plus two fainter oblique ones), inside the body."""
+    if depth <= 0 or streak is None:
         return
-    s = streaks[0]
+    s = streak
     (ax, ay), (bx, by) = cv.px(s.x0, s.y0), cv.px(s.x1, s.y1)
     pad = 25.0 / cv.sp
     x0, y0 = max(int(min(ax, bx) - pad), 0), max(int(min(ay, by) - pad), 0)

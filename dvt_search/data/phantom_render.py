@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .phantom_anatomy import Anatomy, Ellipse, sample_anatomy, slice_geometry, track
+from .phantom_anatomy import sample_anatomy, slice_geometry
 from .phantom_lesions import ClotSegment, MixSegment, sample_clots, sample_mixes
 from .phantom_presets import (
     AIR,
@@ -38,6 +38,7 @@ from .phantom_presets import (
     Preset,
 )
 from .phantom_raster import Canvas, add_noise, add_streaks, draw_target, reduce_grid
+from .phantom_shapes import Anatomy, Ellipse, track
 
 _THICKNESSES_MM = (1.25, 2.0, 2.5, 3.0)
 _TEXTURE_GRID = 6
@@ -171,7 +172,7 @@ def render_slice(
     sigma = spec.blur_mm / cv.sp
     if sigma >= 0.3:
         hu = cv2.GaussianBlur(hu, (0, 0), sigma)
-    add_streaks(cv, hu, tissue, geom.streaks, float(spec.streak_hu[z]))
+    add_streaks(cv, hu, tissue, geom.streak, float(spec.streak_hu[z]))
     hu, mask, tissue = reduce_grid(hu, mask, tissue, factor)
     add_noise(hu, rng, spec.noise_sd)
     np.clip(hu, HU_MIN, HU_MAX, out=hu)

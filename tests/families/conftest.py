@@ -61,16 +61,3 @@ def tiny(phantom: tuple[Path, pd.DataFrame], splits) -> tuple[SliceDataset, Slic
     train = SliceDataset(_pick(splits.select(df, "train"), 16, 0), manifest.parent, size=SIZE)
     val = SliceDataset(_pick(splits.select(df, "val"), 8, 1), manifest.parent, size=SIZE)
     return train, val, spec_for(train)
-
-
-@pytest.fixture(scope="session")
-def learn_sets(phantom: tuple[Path, pd.DataFrame], splits):
-    """Balanced 160 training / 64 validation slices of the easy phantom, for the learning tests."""
-
-    def make(size: int) -> tuple[SliceDataset, SliceDataset, DataSpec]:
-        manifest, df = phantom
-        train = SliceDataset(_pick(splits.select(df, "train"), 160, 2), manifest.parent, size=size)
-        val = SliceDataset(_pick(splits.select(df, "val"), 64, 3), manifest.parent, size=size)
-        return train, val, spec_for(train)
-
-    return make

@@ -1,20 +1,17 @@
-"""Every CNN family learns, on CPU, within about a minute (slow tests).
+"""Every CNN family learns, on CPU, within about half a minute (slow tests).
 
-Two kinds of signal, because the from-scratch paper networks cannot learn the slice-level clot of the
-phantom in CPU minutes (measured on the easy phantom at 64^2, 640 training slices, 6 epochs = 3,840
-images, 140 s CPU: patch ResNet-50 validation AUC 0.56; a 4-layer max-pooling CNN needs ~2,700 images
-for 0.78, see ``bench/phantom_learnability.py``):
-
-* ``test_learns_a_conspicuous_clot``: slices with two bright vessels on noisy tissue where positives hold
-  a dark clot inside one vessel (the phantom's structure, enlarged to ~9 px vessels so that 2-4 epochs of
-  128 slices suffice). Validation AUC on fresh slices must be clearly above chance.
-* ``test_learns_phantom_veins``: the vein signal of the EASY phantom (held-out patients), which the
-  families with vein outputs learn quickly: multitask segmentation Dice and patch vein-detection AUC.
+The data is synthetic and conspicuous on purpose: slices with two bright vessels on noisy tissue where
+positives hold a dark clot inside one of them (the phantom's structure, enlarged). The from-scratch paper
+networks cannot learn the slice-level clot of the EASY phantom in CPU minutes: measured at 64^2 with 640
+training slices, 6 epochs (3,840 images, 140 s CPU), patch ResNet-50 reached a held-out-patient AUC of
+0.56, and multitask / VGG-16 / DenseNet-161 runs of 1-2 CPU minutes stayed at 0.4-0.6, while a 4-layer
+max-pooling CNN needs ~2,700 images for 0.78 (``bench/phantom_learnability.py``). Learning the phantom
+is therefore a GPU-scale check, not a CI test.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import pytest
 import torch
@@ -26,8 +23,6 @@ from dvt_search.families.base import DataSpec, FitData
 
 pytestmark = pytest.mark.slow
 
-SIZE = 64
-
 
 class ClotSlices(Dataset):
     """Contract-shaped slices: two bright vessels (the mask); positives have a dark clot in one."""
@@ -35,20 +30,22 @@ class ClotSlices(Dataset):
     def __init__(self, n: int, seed: int, size: int) -> None:
         g = torch.Generator().manual_seed(seed)
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        self.images = 0.35 + 0.05 * torch.randn(n, 1, size, size, generator=g)
+        self.images = 0.4 + 0.04 * torch.randn(n, 1, size, size, generator=g)
         self.masks = torch.zeros(n, 1, size, size)
         self.labels = (torch.arange(n) % 2).float()
         half, radius = size // 2, 0.07 * size
         for i in range(n):
             for k in range(2):  # one vessel per half ("leg"); the clot is in either
                 cy = float(torch.randint(size // 5, size - size // 5, (1,), generator=g))
-                cx = float(torch.randint(size // 10 + half * k, half * (k + 1) - size // 10, (1,), generator=g))
+                cx = float(
+                    torch.randint(size // 10 + half * k, half * (k + 1) - size // 10, (1,), generator=g)
+                )
                 r2 = (yy - cy) ** 2 + (xx - cx) ** 2
                 vessel = r2 <= radius**2
                 self.images[i, 0][vessel] = 0.75 + 0.03 * torch.randn(int(vessel.sum()), generator=g)
                 self.masks[i, 0][vessel] = 1.0
                 if self.labels[i] and k == i // 2 % 2:
-                    self.images[i, 0][r2 <= (0.7 * radius) ** 2] = 0.3
+                    self.images[i, 0][r2 <= (0.7 * radius) ** 2] = 0.0
         self.images.clamp_(0, 1)
         self.patches = torch.nn.functional.adaptive_max_pool2d(self.masks, -(-size // 32))
 
@@ -65,33 +62,28 @@ class ClotSlices(Dataset):
         }
 
 
-#: (params, image size, epochs) per family: the paper's optimiser with a constant LR (its / 10 per epoch
-#: would freeze learning after two epochs), batch 16, and the smallest sensible size / head.
-CLOT_CONFIG: dict[str, tuple[dict, int, int]] = {
-    "vgg16": ({"head": "gap", "batch_norm": True, "dropout": 0.0}, 64, 3),
-    "densenet161": ({}, 32, 3),
-    "multitask_unet": ({}, 64, 3),
-    "patch_resnet50": ({}, 64, 3),
+#: (params, epochs) per family at 32^2 with batch 8: the paper's Adam at lr 1e-3 with a constant LR (its
+#: / 10 per epoch would freeze learning after two epochs); VGG-16 in its smallest sensible form (BN, GAP
+#: head: plain VGG-16 from scratch does not start learning in this budget). Measured here, 1 thread, CPU
+#: seconds and last-epoch AUC: VGG-16 21 s 1.00, DenseNet-161 34 s 1.00, multitask 24 s 0.99, patch
+#: ResNet-50 (4 epochs) 33 s 0.95.
+CLOT_CONFIG: dict[str, tuple[dict, int]] = {
+    "vgg16": ({"head": "gap", "batch_norm": True, "dropout": 0.0}, 3),
+    "densenet161": ({}, 3),
+    "multitask_unet": ({}, 3),
+    "patch_resnet50": ({}, 4),
 }
+CLOT_SIZE = 32
 
 
 @pytest.mark.parametrize("name", sorted(CLOT_CONFIG))
 def test_learns_a_conspicuous_clot(name: str) -> None:
-    torch.set_num_threads(2)
-    params, size, epochs = CLOT_CONFIG[name]
-    spec = DataSpec(image_size=size, pos_fraction=0.5, vein_fraction=0.03)
-    model = families.get(name).build({**params, "batch_size": 16, "schedule": "none"}, spec)
-    data = FitData(train=ClotSlices(128, 0, size), val=ClotSlices(64, 1, size))
-    aucs = [r.metrics["val_auc"] for r in model.fit(data, epochs)]
+    params, epochs = CLOT_CONFIG[name]
+    spec = DataSpec(image_size=CLOT_SIZE, pos_fraction=0.5, vein_fraction=0.03)
+    model = families.get(name).build({**params, "batch_size": 8, "schedule": "none"}, spec)
+    data = FitData(train=ClotSlices(192, 0, CLOT_SIZE), val=ClotSlices(64, 1, CLOT_SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 1 x 1 patch grid at 32^2 has a single class: patch AUC nan
+        aucs = [r.metrics["val_auc"] for r in model.fit(data, epochs)]
     print(f"{name}: val AUC per epoch {[round(a, 3) for a in aucs]}")
     assert aucs[-1] > 0.7, aucs
-
-
-def test_learns_phantom_veins(learn_sets) -> None:
-    """Held-out-patient vein segmentation (multitask) and vein-patch detection (patch ResNet-50)."""
-    torch.set_num_threads(2)
-    train, val, spec = learn_sets(SIZE)
-    mt = families.get("multitask_unet").build({"batch_size": 16, "schedule": "none"}, spec)
-    dice = [r.metrics["val_dice"] for r in mt.fit(FitData(train=train, val=val), 3)]
-    assert max(dice) > 0.2, dice
-    assert all(math.isfinite(d) for d in dice)
