@@ -36,6 +36,7 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
     "experiment_tag",
     "should_checkpoint",
     "checkpoint_path",
+    "train_placement_group",
     "iterations_since_restore",
     "time_since_restore",
 }
@@ -242,6 +243,7 @@ class ProgressCallback(Callback):
         self._ended: dict[str, str] = {}  # trial id -> completed | stopped | failed
         self._best: tuple[float, str] | None = None
         self._last = 0.0
+        self._printed = ""
         self._first_step = True
 
     def line(self) -> str:
@@ -254,8 +256,11 @@ class ProgressCallback(Callback):
         )
 
     def _print(self) -> None:
+        line = self.line()
+        if line != self._printed or time.monotonic() - self._last >= self.every_s:
+            print(line, file=sys.stdout, flush=True)
+            self._printed = line
         self._last = time.monotonic()
-        print(self.line(), file=sys.stdout, flush=True)
 
     def _seen(self, trial_id: str, result: dict[str, Any] | None) -> None:
         value = (result or {}).get(self.metric)
@@ -299,3 +304,67 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, error=True)
         self._print()
+
+
+class TrainGroupReaper(Callback):
+    """Removes the placement group of a ``ray-train`` trial's Train run once the trial has ended.
+
+    When Tune stops a trial (ASHA, or the budget reached), it ends the trial's actor while ``TorchTrainer.fit``
+    is still running in it; the Train controller dies with it and its workers' placement group outlives it
+    (a placement group lives as long as its creator *and* the job). Ray 2.60's detached cleaner removes it
+    only where the State API (the dashboard) answers, so without a dashboard the reserved CPUs/GPUs would
+    stay taken and later trials would wait forever. Rank 0 reports its group's id with every epoch
+    (``train_placement_group``); a few seconds after the trial ends, the driver removes the group if it
+    still exists.
+    """
+
+    KEY = "train_placement_group"
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        self.grace_s = grace_s
+        self._current: dict[str, str] = {}
+        self._pending: list[tuple[float, str]] = []
+
+    def __getstate__(self) -> dict[str, Any]:  # nothing worth restoring: a new driver is a new Ray job
+        return {"grace_s": self.grace_s, "_current": {}, "_pending": []}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(self.KEY):
+            self._current[trial.trial_id] = str(result[self.KEY])
+
+    def _ended(self, trial: Any) -> None:
+        group = self._current.pop(trial.trial_id, None)
+        if group:
+            self._pending.append((time.monotonic(), group))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    on_trial_error = on_trial_recover = on_trial_complete
+
+    def _reap(self, older_than: float) -> None:
+        import ray
+        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+        now, keep = time.monotonic(), []
+        for ended, group in self._pending:
+            if now - ended < older_than:
+                keep.append((ended, group))
+                continue
+            pg = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group)))
+            try:
+                if placement_group_table(pg).get("state") != "REMOVED":
+                    remove_placement_group(pg)
+                    log.info("removed the placement group %s left by a stopped Ray Train run", group[:12])
+            except Exception as exc:  # noqa: BLE001 - best effort; Ray frees it when the job ends anyway
+                log.warning("could not remove placement group %s: %s", group[:12], exc)
+        self._pending = keep
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._pending:
+            self._reap(self.grace_s)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for trial in trials:
+            self._ended(trial)
+        self._reap(0.0)

@@ -12,7 +12,9 @@ Two ways to train a torch family:
   ``prepare_loader`` hooks. Rank 0 saves the checkpoint, every rank calls ``ray.train.report`` (Train V2
   only records metrics that come with a checkpoint). The Train run is named after the Tune trial under
   ``<run>/train/<family>/``, so a retried or resumed trial builds a trainer with the same name and Train
-  V2 hands the workers the latest checkpoint through ``ray.train.get_checkpoint()``.
+  V2 hands the workers the latest checkpoint through ``ray.train.get_checkpoint()``. Rank 0 also reports
+  its placement group so the driver can free it when Tune stops the trial mid-run
+  (:class:`~.callbacks.TrainGroupReaper`).
 
 Classic families (SIFT-BoW-SVM) always run ``direct`` on CPUs: one "epoch", descriptors read from the
 shared cache the driver pre-warmed.
@@ -27,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import ray.tune
+import ray.util
 from ray.tune import Checkpoint
 
 from dvt_search import families
 from dvt_search.families.base import DataSpec, EpochReport, FitData, Model
 
+from .callbacks import TrainGroupReaper
 from .setup import TrialSetup, datasets, import_plugins
 
 #: Reported with every epoch besides the family's metrics.
@@ -123,8 +127,11 @@ def train_worker(config: dict[str, Any]) -> None:
     family = families.get(setup.family)
     model = _build_or_resume(family, config["params"], setup, ray.train.get_checkpoint())
 
+    group = ray.util.get_current_placement_group()
+    tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
+
     def report(metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, **tag}, checkpoint=checkpoint)
 
     model.fit(
         _fit_data(setup),

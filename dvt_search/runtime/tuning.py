@@ -5,6 +5,11 @@ attribute is the *epoch the family reported*, not Tune's ``training_iteration``:
 that is retried resumes its Train run at epoch ``e`` while Tune's iteration counter starts again at 1.
 One-shot families (budget 1, SIFT) run FIFO: there is nothing to stop early.
 
+Actor reuse: one-shot trials re-use their Tune actor (no new process, imports and dataset opening per
+trial: seconds each on small CPUs). Epoch-budget trials get a fresh actor each: when Tune stops a trial
+mid-epoch its training thread runs on until the next report, Tune gives a re-used actor 2 s to become
+free and fails the *next* trial when it is not.
+
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
 no CPU (Ray's default of 1 CPU per trial would leave a 2-worker trial unschedulable on 2 CPUs), while its ``workers`` Train workers reserve ``cpus``/``gpus`` each. Concurrency is capped by a
@@ -24,7 +29,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from dvt_search.search.space import SearchSpace
 
-from .callbacks import ProgressCallback, RecordsCallback
+from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .searcher import OptunaStudySearcher, close_unfinished
 from .setup import TrialSetup
 from .trainable import run_trial
@@ -137,6 +142,7 @@ def run_family(
                 mode=MODE,
                 every_s=settings.progress_every_s,
             ),
+            TrainGroupReaper(),
         ]
         tuner = tune.Tuner(
             _trainable(setup),
@@ -147,7 +153,7 @@ def run_family(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(1, settings.max_concurrent)),
                 scheduler=_scheduler(settings, setup.budget),
                 num_samples=settings.trials,
-                reuse_actors=True,  # skip a new worker process (torch/sklearn imports) per trial
+                reuse_actors=setup.kind != "torch",
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(

@@ -9,8 +9,11 @@ batch statistics or dropout (the ``tiny_cnn`` test family).
 
 from __future__ import annotations
 
+import time
+
 import dvt_test_plugins  # noqa: F401  (registers the test families)
 import pytest
+import ray
 import torch
 from conftest import PLUGIN, write_spaces
 from torch.utils.data import DataLoader
@@ -57,6 +60,11 @@ def test_two_worker_ddp_trial_matches_single_process(ray_2_cpus, phantom, tmp_pa
         include_dashboard=False,
     )
     run_search(opts)
+    # the Train workers' placement group is freed even though Tune ended the trial's actor (no dashboard here)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0.0) < 2.0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0.0) == 2.0
     run = RunDir(tmp_path / "runs" / "ddp")
     info = run.read_info()
     assert info.config["resources"]["trainer"] == "ray-train"

@@ -109,12 +109,13 @@ def test_resume_refuses_changed_manifest_or_splits(phantom, tmp_path) -> None:
     import dvt_test_plugins  # noqa: F401  (registers "scripted")
 
     from dvt_search.data.schema import read_manifest, write_manifest
-    from dvt_search.runtime.driver import RunError, SearchOptions, _prepare_fresh, run_search
+    from dvt_search.runtime.driver import RunError, SearchOptions, run_search
+    from dvt_search.runtime.rundir import prepare_fresh
 
     spaces = write_spaces(tmp_path / "spaces", {"scripted": {"fixed": {"epoch_s": 0.0}}})
     rd = RunDir(tmp_path / "runs" / "r")
     df = read_manifest(phantom)
-    _prepare_fresh(rd, SearchOptions(manifest=phantom, storage=tmp_path / "runs", name="r", trials=2, max_epochs=2,
+    prepare_fresh(rd, SearchOptions(manifest=phantom, storage=tmp_path / "runs", name="r", trials=2, max_epochs=2,
                                      space_dir=spaces), df, ["scripted"])  # fmt: skip
 
     changed = tmp_path / "changed" / "manifest.parquet"
