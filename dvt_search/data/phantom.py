@@ -10,8 +10,9 @@ iff a clot is drawn in that slice; the mask covers the lumen of both target vein
 Everything is deterministic per ``seed``: each scan draws from its own generator seeded by
 ``(seed, patient, study, scan)``, so ``workers > 1`` gives byte-identical output.
 
-Anatomy lives in :mod:`.phantom_anatomy`, rendering in :mod:`.phantom_render`, tissue HU values and
-presets in :mod:`.phantom_presets`, DICOM export in :mod:`.phantom_dicom`.
+Modules: :mod:`.phantom_presets` (tissue codes, HU values, presets), :mod:`.phantom_shapes` and
+:mod:`.phantom_anatomy` (geometry in mm), :mod:`.phantom_lesions` (clots and mimics),
+:mod:`.phantom_raster` and :mod:`.phantom_render` (pixels), :mod:`.phantom_dicom` (DICOM export).
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from .phantom_presets import get_preset
 from .phantom_render import ScanSpec, render_scan, sample_scan
 from .schema import patch_grid_shape, patches_from_mask, write_manifest
 
-__all__ = ["ScanPlan", "export_scan_dicom", "generate", "plan_dataset", "scan_spec", "write_dicom_series"]
+__all__ = [
+    "ScanPlan",
+    "export_scan_dicom",
+    "generate",
+    "plan_dataset",
+    "render_plan",
+    "scan_spec",
+    "write_dicom_series",
+]
 
 MANIFEST_NAME = "manifest.parquet"
 VOLUMES_DIR = "volumes"
@@ -54,14 +63,17 @@ class ScanPlan:
 
     @property
     def patient_id(self) -> str:
+        """Pseudonymous patient id, e.g. ``P0003``."""
         return f"P{self.patient:04d}"
 
     @property
     def study_id(self) -> str:
+        """Study id, e.g. ``P0003-S1``."""
         return f"{self.patient_id}-S{self.study}"
 
     @property
     def scan_id(self) -> str:
+        """Scan id, e.g. ``P0003-S1-C2``."""
         return f"{self.study_id}-C{self.scan}"
 
 
@@ -164,7 +176,11 @@ def _render_all(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(plans)), mp_context=ctx) as pool:
         futures = [pool.submit(_build_scan, *a) for a in args]
-        return [row for f in futures for row in f.result()]
+        try:
+            return [row for f in futures for row in f.result()]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no worker writes after we clean up
+            raise
 
 
 def generate(
