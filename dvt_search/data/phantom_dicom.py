@@ -83,7 +83,8 @@ def write_dicom_series(
     z_count, rows, cols = vol.shape
     study_uid, frame_uid = _uid(seed, "study"), _uid(seed, "frame")
     series_uid = series_uid or _uid(seed, "series")
-    row_mm, col_mm = float(spacing_mm[0]), float(spacing_mm[1])
+    row_mm, col_mm = round(float(spacing_mm[0]), 6), round(float(spacing_mm[1]), 6)  # DS: <= 16 chars
+    thickness_mm = round(float(thickness_mm), 6)
     x0, y0 = -(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm
     names = []
     try:

@@ -38,7 +38,6 @@ Images are stored in Hounsfield units (HU). Masks are 0/1.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..fsutil import atomic_path
 
 #: Side of one patch block in pixels at native resolution (paper: 32x32 blocks of a 512x512 slice).
 PATCH_BLOCK = 32
@@ -164,11 +165,6 @@ def to_table(df: pd.DataFrame) -> pa.Table:
     return pa.table(arrays, schema=SCHEMA)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a manifest atomically (temp file + rename): Parquet for ``.parquet``, else CSV.
 
@@ -176,19 +172,13 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     table = to_table(df)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             pq.write_table(table, tmp)
         else:
             frame = table.to_pandas()
             frame["patches"] = frame["patches"].map(encode_patches_csv)
             frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

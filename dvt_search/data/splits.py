@@ -44,7 +44,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -54,6 +53,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..fsutil import atomic_write_text
 from .schema import ANATOMIES
 
 SPLITS_FORMAT = "dvt-search-splits/1"
@@ -182,16 +182,7 @@ class Splits:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``splits.json`` atomically (temp file + rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=1, sort_keys=True)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
         return path
 
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..fsutil import atomic_write_text
 
 RUN_FILE = "run.json"
 TRIAL_FILE = "trial.json"
@@ -32,19 +33,6 @@ CHECKPOINT_DIR = "checkpoint"
 
 #: How a trial ended. ``stopped`` = stopped early by the scheduler (fewer epochs than budgeted).
 STATUSES = ("pending", "running", "completed", "stopped", "failed")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file + rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json(obj: Any) -> str:
@@ -162,7 +150,13 @@ class RunDir:
 
     def iter_trials(self, family: str | None = None) -> Iterator[TrialRecord]:
         root = self.path / "trials"
-        fams = [family] if family else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        fams = (
+            [family]
+            if family
+            else sorted(p.name for p in root.iterdir() if p.is_dir())
+            if root.is_dir()
+            else []
+        )
         for fam in fams:
             for f in sorted((root / fam).glob(f"*/{TRIAL_FILE}")):
                 yield TrialRecord.from_dict(json.loads(f.read_text()))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from ..families.base import META_FILE
+from ..fsutil import atomic_write
 from ..search.records import RunDir, TrialRecord
 
 PARQUET_FILE = "leaderboard.parquet"
@@ -172,24 +172,13 @@ def collect(
     return frame.sort_values(["family", "trial_id"], kind="stable").reset_index(drop=True)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_frame(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` atomically as Parquet (``.parquet``) or CSV (anything else)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
-        _atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
-        _atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return path
 
 
