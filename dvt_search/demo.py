@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=10, help="phantom patients (default: 10)")
     p.add_argument("--size", type=int, default=64, help="phantom slice size in pixels (default: 64)")
     p.add_argument("--slices-per-scan", type=int, default=12, help="mean slices per scan (default: 12)")
+    p.add_argument(
+        "--preset",
+        default="easy",
+        choices=("easy", "standard"),
+        help="phantom preset (default: easy; at 64 px the standard femoral vein is under 2 px wide)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=2, help="trials per family (default: 2)")
     p.add_argument("--max-epochs", type=int, default=2, help="epochs per CNN trial (default: 2)")
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             size=args.size,
             slices_per_scan=args.slices_per_scan,
+            preset=args.preset,
         )
     print(f"manifest: {manifest} ({time.perf_counter() - t:.1f} s)")
 

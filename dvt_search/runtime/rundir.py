@@ -57,6 +57,7 @@ def prepare_fresh(rd: RunDir, opts: SearchOptions, df: Any, fams: list[str]) -> 
 
     if (rd.path / "run.json").exists():
         raise RunError(f"{rd.path} already holds a run; use --resume to continue it or pick another --name")
+    trainer = resolve_trainer(opts)
     spaces = {f: load_family_space(opts.space_dir, f) for f in fams}  # validate everything before starting
     rd.path.mkdir(parents=True, exist_ok=True)
     target = rd.path / SPLITS_FILE
@@ -69,7 +70,6 @@ def prepare_fresh(rd: RunDir, opts: SearchOptions, df: Any, fams: list[str]) -> 
         shutil.copyfile(opts.splits, target)
     for space in spaces.values():
         write_snapshot(space, rd.path)
-    trainer = resolve_trainer(opts)
     info = RunInfo(
         run_name=rd.path.name,
         families=fams,
