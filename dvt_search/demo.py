@@ -129,6 +129,41 @@ def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Pat
         rc = cli_main(argv)
         if rc:
             return rc
+    rc = _predict_on_dicom(args, manifest, splits_path, run_dir)
+    if rc:
+        return rc
     print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s")
     print(f"report: {Path('reports') / run_name / 'report.html'}")
+    print(f"exported winners: {args.out / 'export'}")
     return 0
+
+
+def _predict_on_dicom(args: argparse.Namespace, manifest: Path, splits_path: Path, run_dir: Path) -> int:
+    """Write one test scan of the phantom as a DICOM series and run the overall winner on it."""
+    import json
+
+    from .cli import main as cli_main
+    from .data.phantom import export_scan_dicom
+    from .data.splits import load_splits
+
+    _stage("8. predict on a phantom DICOM series")
+    selection = json.loads((run_dir / "selection.json").read_text())
+    winner = (selection.get("overall") or {}).get("family")
+    if not winner:
+        print("no overall winner was selected; skipping predict")
+        return 0
+    scan = load_splits(splits_path).partitions["test"][0]
+    series = args.out / "dicom" / "test_scan"
+    export_scan_dicom(manifest, scan, series)
+    print(f"wrote test scan as a DICOM series: {series}")
+    return cli_main(
+        [
+            "predict",
+            "--model",
+            str(args.out / "export" / winner),
+            "--dicom",
+            str(series),
+            "--out",
+            str(args.out / "prediction"),
+        ]
+    )
