@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="working directory (default: demo_out)")
-    p.add_argument("--patients", type=int, default=10, help="phantom patients (default: 10)")
+    p.add_argument("--patients", type=int, default=18, help="phantom patients (default: 18)")
     p.add_argument("--size", type=int, default=64, help="phantom slice size in pixels (default: 64)")
-    p.add_argument("--slices-per-scan", type=int, default=12, help="mean slices per scan (default: 12)")
+    p.add_argument("--slices-per-scan", type=int, default=8, help="mean slices per scan (default: 8)")
     p.add_argument(
         "--preset",
         default="easy",
