@@ -14,8 +14,8 @@ Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap)
 * :mod:`.cluster` — connecting to Ray (local with a loopback dashboard, or ``--address``), concurrency
   from cluster resources, shared-storage check.
 
-Measured here (2 shared CPU cores; ``bench/bench_search.py --tiny``): a ``direct`` trial costs ~4 s
-beyond its own fit, a ``ray-train`` trial (TorchTrainer launch) ~24 s. On one H100
-(``bench/gpu_search_check.py``, multitask U-Net, 512^2, batch 32): a Ray Train trial trains at 95% of the
-raw engine's img/s; four 0.25-GPU trials (batch 8) together train 2.1x as many img/s as one.
+Measured (figures from ``bench/``): on 2 shared CPU cores a ``direct`` trial costs ~4.5 s beyond its own
+fit and a ``ray-train`` trial (a TorchTrainer launch) ~16 s; on one H100 (multitask U-Net, 512^2, batch 32)
+a Ray Train trial trains at 95% of the raw engine's img/s but costs ~40 s per trial, and four 0.25-GPU
+trials (batch 8) together train 2.1x as many img/s as one.
 """

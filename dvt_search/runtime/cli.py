@@ -94,7 +94,7 @@ def register(subparsers: Any) -> None:
         choices=("auto", "direct", "ray-train"),
         default="auto",
         help="auto: Ray Train when --train-workers > 1 or GPUs are used, else the engine inside the trial "
-        "(direct). A TorchTrainer costs ~40 s per trial on an H100 node, ~20 s on 2 CPUs: prefer "
+        "(direct). A TorchTrainer costs ~40 s per trial on an H100 node, ~16 s on 2 CPUs: prefer "
         "--trainer direct for many short or packed fractional-GPU trials",
     )
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per trial")

@@ -22,18 +22,28 @@ HERE = Path(__file__).resolve().parent
 PLUGIN = "dvt_test_plugins"
 
 
-def _configure_env() -> None:
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_env() -> Iterator[None]:
+    """Ray settings for the tests of this directory only (restored afterwards)."""
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_DEDUP_LOGS", "PYTHONPATH")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    if os.environ["RAY_AUTH_MODE"] == "token":
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_DEDUP_LOGS"] = "0"
-    paths = [str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    paths = [str(HERE), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
-
-
-_configure_env()
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +66,7 @@ def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_2_cpus() -> Iterator[None]:
+def ray_2_cpus(_runtime_env: None) -> Iterator[None]:
     """A local Ray instance with 2 CPUs for the test module.
 
     Consecutive modules share one instance (starting Ray costs ~10 s here); a module that needs
