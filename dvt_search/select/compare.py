@@ -194,7 +194,8 @@ def verdict(doc: dict[str, Any]) -> list[str]:
         words = "a statistically significant" if row["significant"] else "NOT a statistically significant"
         out.append(
             f"{ref} vs {row['b']}: AUC difference {d.fmt(3)}; bootstrap p {p_(row['boot_p'])}, DeLong p "
-            f"{p_(row['delong_p'])} (Holm-adjusted {p_(row['boot_p_holm'])} / {p_(row['delong_p_holm'])}): "
+            f"{p_(row['delong_p'])} (Holm-adjusted: bootstrap p {p_(row['boot_p_holm'])}, DeLong p "
+            f"{p_(row['delong_p_holm'])}): "
             f"{words} difference."
         )
     if doc["vs_reference"] and not any(x["significant"] for x in doc["vs_reference"]):

@@ -8,7 +8,6 @@ plug-in families (``dvt_test_plugins``).
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import sys
@@ -26,24 +25,39 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 
+_SAVED_ENV: dict[str, str | None] = {}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _runtime_env() -> Iterator[None]:
-    """Ray settings for the tests of this directory only (restored afterwards)."""
+    """Ray settings for the tests of this directory (restored when its last test is done)."""
     keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_DEDUP_LOGS", "PYTHONPATH")
-    saved = {k: os.environ.get(k) for k in keys}
+    _SAVED_ENV.update({k: os.environ.get(k) for k in keys})
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if os.environ["RAY_AUTH_MODE"] == "token":
         os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_DEDUP_LOGS"] = "0"
-    paths = [str(HERE), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
+    paths = [str(HERE), *filter(None, (_SAVED_ENV["PYTHONPATH"] or "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     yield
-    for key, value in saved.items():
+    _restore_env()
+
+
+def _restore_env() -> None:
+    for key, value in _SAVED_ENV.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """After the last test of this directory: stop the shared Ray instance and restore the environment."""
+    if nextitem is None or HERE not in Path(nextitem.path).parents:
+        if "ray" in sys.modules:
+            sys.modules["ray"].shutdown()
+        _restore_env()
 
 
 @pytest.fixture(scope="session")
@@ -78,5 +92,4 @@ def ray_2_cpus(_runtime_env: None) -> Iterator[None]:
         ray.shutdown()
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        atexit.register(ray.shutdown)
     yield
