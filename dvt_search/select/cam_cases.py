@@ -3,11 +3,13 @@
 Errors are taken at the validation-chosen threshold: the most confident false positives (highest score
 among label 0) and false negatives (lowest score among label 1). Maps come from
 :func:`dvt_search.engine.cam.grad_cam` on the winner's network. The SIFT baseline has no gradient-based
-map and is skipped with a note. Captions name the scan and slice only (manifest pseudonyms, no patient).
+map and is skipped with a note. Captions name the scan by a short SHA-256 tag of its id and the slice index:
+scan ids may embed the patient key (the phantom's do), and no patient key belongs in a report.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,13 @@ def misclassified_cases(
                 "scan_id": r.scan_id,
                 "slice_index": int(r.slice_index),
                 "score": float(r.score),
-                "caption": f"{fam} · {r.kind} · score {r.score:.2f}\nscan {r.scan_id}\nslice {int(r.slice_index)}",
+                "caption": f"{fam} · {r.kind} · score {r.score:.2f}\nscan #{scan_tag(r.scan_id)}\nslice {int(r.slice_index)}",
             }
             for i, r in enumerate(errors.itertuples())
         ]
     return out, notes
+
+
+def scan_tag(scan_id: str) -> str:
+    """Short, stable tag of a scan id for captions (``sha256(scan_id)[:8]``): recomputable from the manifest."""
+    return hashlib.sha256(str(scan_id).encode()).hexdigest()[:8]
