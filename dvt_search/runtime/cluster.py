@@ -67,6 +67,7 @@ def connect(
                     dashboard_host,
                 )
             context = ray.init(
+                address="local",  # a private instance, never a cluster someone else started on this host
                 include_dashboard=include_dashboard,
                 dashboard_host=dashboard_host,
                 num_cpus=num_cpus,
