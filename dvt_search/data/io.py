@@ -156,7 +156,13 @@ def dicom_to_hu(arr: np.ndarray, ds: Any) -> np.ndarray:
     return out
 
 
-_READERS = {"npy": _read_npy, "png": _read_image2d, "tif": _read_image2d, "nifti": _read_nifti, "dicom": _read_dicom}
+_READERS = {
+    "npy": _read_npy,
+    "png": _read_image2d,
+    "tif": _read_image2d,
+    "nifti": _read_nifti,
+    "dicom": _read_dicom,
+}
 
 
 def read_pair(root: Path, row: Any) -> tuple[np.ndarray, np.ndarray]:

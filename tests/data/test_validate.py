@@ -326,7 +326,9 @@ def test_splits_ok_and_patient_in_two_partitions(tmp_path: Path) -> None:
     ds.loc[2, "patient_id"] = "P0"  # scan2 belongs to P0 as well
     ds.loc[2, "study_id"] = "st0"
     manifest = write(ds, tmp_path / "m.parquet")
-    good = write_splits(tmp_path / "good.json", {"train": ["scan0", "scan2"], "val": ["scan1"], "test": []}, ds)
+    good = write_splits(
+        tmp_path / "good.json", {"train": ["scan0", "scan2"], "val": ["scan1"], "test": []}, ds
+    )
     assert validate_manifest(manifest, splits_path=good).ok
     bad = write_splits(tmp_path / "bad.json", {"train": ["scan0"], "val": ["scan1"], "test": ["scan2"]}, ds)
     report = validate_manifest(manifest, splits_path=bad)
@@ -340,7 +342,9 @@ def test_splits_for_another_manifest(tmp_path: Path, ds: pd.DataFrame) -> None:
     other.loc[0, "label"] = 1 - int(other.loc[0, "label"])
     splits = write_splits(tmp_path / "s.json", {"train": ["scan0"], "val": ["scan1"], "test": []}, other)
     report = validate_manifest(manifest, splits_path=splits)
-    assert [e.message for e in report.errors] == ["s.json: made for a different manifest (fingerprint mismatch)"]
+    assert [e.message for e in report.errors] == [
+        "s.json: made for a different manifest (fingerprint mismatch)"
+    ]
 
 
 def test_splits_hash_mismatch_and_unknown_scan(tmp_path: Path, ds: pd.DataFrame) -> None:
@@ -350,7 +354,9 @@ def test_splits_hash_mismatch_and_unknown_scan(tmp_path: Path, ds: pd.DataFrame)
     assert [e.message.split(": ", 1)[1] for e in report.errors] == [
         "hash mismatch: the file was edited after it was written"
     ]
-    unknown = write_splits(tmp_path / "u.json", {"train": ["scan0", "scanX"], "val": ["scan1"], "test": []}, ds)
+    unknown = write_splits(
+        tmp_path / "u.json", {"train": ["scan0", "scanX"], "val": ["scan1"], "test": []}, ds
+    )
     report = validate_manifest(manifest, splits_path=unknown)
     assert len(report.errors) == 1 and "1 scan(s) not in the manifest" in report.errors[0].message
     (tmp_path / "junk.json").write_text("{not json")
