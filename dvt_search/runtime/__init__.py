@@ -3,11 +3,14 @@
 Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap):
 
 * :mod:`.cli` — ``dvt-search search`` (argument parsing only).
-* :mod:`.driver` — run directory preparation / resume checks, then one Tune experiment per family.
+* :mod:`.options` — the command's options and their resolution.
+* :mod:`.driver` — connects, then runs one Tune experiment per family; :mod:`.rundir` — the run
+  directory's files, resume checks and per-family bookkeeping.
 * :mod:`.tuning` — one family's Tuner: resources, ASHA, the searcher, fresh start or ``Tuner.restore``.
 * :mod:`.searcher` — a Tune ``Searcher`` over a persistent Optuna study (ask/tell, PRUNED for
   scheduler-stopped trials).
 * :mod:`.trainable` — the Tune function of every trial; Ray Train DDP for CNN trials when asked.
+* :mod:`.checkpoints` — the per-trial checkpoint store of ``direct`` trials.
 * :mod:`.callbacks` — driver-side records (:class:`dvt_search.search.records.RunDir`) and progress lines.
 * :mod:`.setup` — the plain-data per-trial settings and the per-process dataset cache.
 * :mod:`.prewarm` — one SIFT descriptor extraction before the SIFT search.

@@ -3,11 +3,11 @@
 :class:`RecordsCallback` writes through :class:`dvt_search.search.records.RunDir` (the contract the
 selector reads, with no Ray): ``trial.json`` on start / each result / completion / error, one
 ``metrics.jsonl`` line per epoch, and at the trial's end a copy of its best checkpoint in
-``trials/<family>/<trial_id>/checkpoint/``. Checkpoint sources: a ``direct`` trial's Tune checkpoints
-arrive through ``on_checkpoint`` right after the epoch's result; a ``ray-train`` trial's results carry the
-Train checkpoint's path as ``checkpoint_path`` (``TuneReportCallback``). The callback's state (best
-checkpoint per trial, accumulated wall time) is part of Tune's experiment snapshot, so a resumed driver
-continues it.
+``trials/<family>/<trial_id>/checkpoint/``. Every result carries the path of the epoch's checkpoint as
+``checkpoint_path``: the trial's own store for ``direct`` trials, the Train run's checkpoint for
+``ray-train`` trials (``TuneReportCallback``). The callback's state (best checkpoint per trial,
+accumulated wall time) is part of Tune's experiment snapshot, so a resumed driver continues it; a trial
+whose record is already final when Tune restarts it (a snapshot older than the records) is left as it is.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from dvt_search.search.records import TRIAL_FILE, RunDir, TrialRecord
 
 log = logging.getLogger(__name__)
+
+#: Result key holding the path of the epoch's checkpoint (the key ``TuneReportCallback`` uses too).
+CHECKPOINT_KEY = "checkpoint_path"
+#: Record statuses a trial cannot leave.
+FINAL = ("completed", "stopped")
 
 #: Keys Tune (or TuneReportCallback) adds to a result that are not the family's metrics.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
@@ -102,7 +107,7 @@ class RecordsCallback(Callback):
         self.gpus = gpus
         self._state: dict[str, dict[str, Any]] = {}  # per trial: best score/epoch/checkpoint, wall time
         self._started: dict[str, float] = {}
-        self._last_epoch: dict[str, int] = {}
+        self._final_before: set[str] = set()  # restarted by a stale snapshot although already final
         self._first_step = True
 
     # --- state kept in Tune's experiment snapshot -----------------------------------------------------------
@@ -166,8 +171,11 @@ class RecordsCallback(Callback):
                 shutil.rmtree(self.run.trial_dir(self.family, rec.trial_id), ignore_errors=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._started[trial.trial_id] = time.monotonic()
         rec = self._record(trial)
+        if rec.status in FINAL:
+            self._final_before.add(trial.trial_id)
+            return
+        self._started[trial.trial_id] = time.monotonic()
         rec.status = "running"
         rec.error = None
         self.run.write_trial(rec)
@@ -175,12 +183,13 @@ class RecordsCallback(Callback):
     on_trial_restore = on_trial_start
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if trial.trial_id in self._final_before:
+            return
         self._started.setdefault(trial.trial_id, time.monotonic())
         metrics = epoch_metrics(result)
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
         metrics["epoch"] = epoch
         self.run.append_epoch(self.family, trial.trial_id, metrics)
-        self._last_epoch[trial.trial_id] = epoch
         st = self._state.setdefault(trial.trial_id, {})
         rec = self._record(trial)
         rec.status = "running"
@@ -190,16 +199,13 @@ class RecordsCallback(Callback):
         if value is not None and math.isfinite(value) and self._better(value, st.get("best_score")):
             st.update(best_score=value, best_epoch=epoch)
             rec.best, rec.best_epoch = dict(rec.last), epoch
-            if result.get("checkpoint_path"):  # ray-train trial: Train already persisted it
-                st["best_checkpoint"] = result["checkpoint_path"]
+            if result.get(CHECKPOINT_KEY):
+                st["best_checkpoint"] = str(result[CHECKPOINT_KEY])
         self.run.write_trial(rec)
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        st = self._state.setdefault(trial.trial_id, {})
-        if self._last_epoch.get(trial.trial_id) == st.get("best_epoch"):
-            st["best_checkpoint"] = checkpoint.path
-
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._final_before:
+            return
         rec = self._record(trial)
         rec.failures += 1
         rec.wall_s = self._wall(trial.trial_id)  # the failed attempt's time; the retry starts a new clock
@@ -209,10 +215,14 @@ class RecordsCallback(Callback):
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._final_before:
+            return
         rec = self._record(trial)
         self._finish(trial, "completed" if rec.epochs >= self.budget else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._final_before:
+            return
         rec = self._record(trial)
         rec.failures += 1
         self.run.write_trial(rec)

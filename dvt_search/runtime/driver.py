@@ -59,6 +59,7 @@ def _setup(opts: SearchOptions, fam: str, run_dir: Path, spec: dict[str, Any]) -
         train_storage=str(run_dir / "train" / fam),
         keep_checkpoints=opts.keep_checkpoints,
         plugins=list(opts.plugins),
+        run_dir=str(run_dir),
     )
 
 
@@ -112,7 +113,6 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         settings = TuneSettings(
             trials=opts.trials,
             max_failures=opts.max_failures,
-            keep_checkpoints=opts.keep_checkpoints,
             grace_period=opts.grace_period,
             reduction_factor=opts.reduction_factor,
             scheduler=opts.scheduler,

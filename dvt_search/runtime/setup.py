@@ -39,9 +39,11 @@ class TrialSetup:
         cpus: CPUs per trial (direct) or per Train worker (``ray-train``).
         gpus: GPUs per trial (direct; fractional allowed) or per Train worker.
         loader_workers: DataLoader worker processes per training process.
-        train_storage: storage path of the per-trial Ray Train runs (``ray-train`` only).
-        keep_checkpoints: checkpoints a Ray Train run keeps (best by ``val_auc``).
+        train_storage: where trials keep their checkpoints (``<run>/train/<family>``: one directory per
+            trial; for ``ray-train`` trials the Train run of that name).
+        keep_checkpoints: best checkpoints a trial keeps besides its latest (by ``val_auc``).
         plugins: modules imported in every trial before the family lookup (extra families).
+        run_dir: the run directory (trials read their own record there).
     """
 
     family: str
@@ -64,6 +66,7 @@ class TrialSetup:
     train_storage: str = ""
     keep_checkpoints: int = 2
     plugins: list[str] = field(default_factory=list)
+    run_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,10 +2,11 @@
 
 Two ways to train a torch family:
 
-* ``direct``: the engine runs inside the Tune trial's own actor. Each epoch the model is saved into a
-  temporary directory and reported with ``ray.tune.report(metrics, checkpoint=Checkpoint.from_directory)``.
-  On a retry (``FailureConfig``) or a resumed driver, ``ray.tune.get_checkpoint()`` holds the latest
-  checkpoint: the model is loaded from it and fitting continues up to the budget.
+* ``direct``: the engine runs inside the Tune trial's own actor. After each epoch the model is saved into
+  the trial's own checkpoint store (:mod:`.checkpoints`, on the shared storage) and the epoch's metrics
+  go to ``ray.tune.report`` together with that checkpoint's path. A retried trial (``FailureConfig``) or a
+  resumed driver starts the function again and it continues from the store's latest checkpoint up to the
+  budget. (Tune's own trial checkpoints are not used: see :mod:`.checkpoints` for the resume gap.)
 * ``ray-train``: the Tune trial builds a ``TorchTrainer`` (Train V2: a Tune function launching a trainer
   and forwarding its reports with ``TuneReportCallback``; ``Tuner(trainer)`` is deprecated) whose workers
   run DDP (``gloo`` on CPU, ``nccl`` on GPU) through the engine's ``prepare_model`` /
@@ -18,10 +19,14 @@ Two ways to train a torch family:
 
 Classic families (SIFT-BoW-SVM) always run ``direct`` on CPUs: one "epoch", descriptors read from the
 shared cache the driver pre-warmed.
+
+A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
+driver killed before Tune's next experiment snapshot restores it as unfinished.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -34,12 +39,18 @@ from ray.tune import Checkpoint
 
 from dvt_search import families
 from dvt_search.families.base import DataSpec, EpochReport, FitData, Model
+from dvt_search.search.records import RunDir
 
-from .callbacks import TrainGroupReaper
+from .callbacks import CHECKPOINT_KEY, FINAL, TrainGroupReaper
+from .checkpoints import TrialCheckpoints
 from .setup import TrialSetup, datasets, import_plugins
+
+log = logging.getLogger(__name__)
 
 #: Reported with every epoch besides the family's metrics.
 EPOCH_KEY = "epoch"
+
+EpochSink = Callable[[dict[str, float], Model], None]
 
 
 def _limit_threads(cpus: float) -> None:
@@ -54,16 +65,25 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _final_record(setup: TrialSetup, trial_id: str) -> dict[str, Any] | None:
+    """The trial's record when the run's records say it already ended (completed or stopped), else ``None``."""
+    f = RunDir(setup.run_dir).trial_dir(setup.family, trial_id) / "trial.json"
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("status") in FINAL else None
+
+
 def _build_or_resume(
-    family: type, params: Mapping[str, Any], setup: TrialSetup, checkpoint: Checkpoint | None
+    family: type, params: Mapping[str, Any], setup: TrialSetup, checkpoint: Path | None
 ) -> Model:
-    if checkpoint is None:
-        values = dict(params)
-        if "max_epochs" in family.default_params() and "max_epochs" not in values:
-            values["max_epochs"] = setup.budget  # LR-schedule horizon = the search budget
-        return family.build(values, DataSpec.from_dict(setup.spec))
-    with checkpoint.as_directory() as d:
-        return family.load(d)
+    if checkpoint is not None:
+        return family.load(checkpoint)
+    values = dict(params)
+    if "max_epochs" in family.default_params() and "max_epochs" not in values:
+        values["max_epochs"] = setup.budget  # LR-schedule horizon = the search budget
+    return family.build(values, DataSpec.from_dict(setup.spec))
 
 
 def _fit_kwargs(setup: TrialSetup) -> dict[str, Any]:
@@ -78,17 +98,11 @@ def _fit_data(setup: TrialSetup) -> FitData:
     return FitData(train=data["train"], val=data["val"], cache_dir=cache, num_workers=setup.loader_workers)
 
 
-def _checkpointing_callback(report_fn: Callable[[dict[str, float], Checkpoint | None], None], save: bool):
-    """An engine epoch callback that saves the model and hands metrics + checkpoint to ``report_fn``."""
+def _epoch_callback(sink: EpochSink):
+    """An engine epoch callback handing ``{metrics..., "epoch"}`` and the model to ``sink``."""
 
     def on_epoch(report: EpochReport, model: Model) -> bool:
-        metrics = {**report.metrics, EPOCH_KEY: report.epoch}
-        if not save:
-            report_fn(metrics, None)
-            return False
-        with tempfile.TemporaryDirectory(prefix="dvt-ckpt-") as tmp:
-            model.save(Path(tmp) / "model")
-            report_fn(metrics, Checkpoint.from_directory(str(Path(tmp) / "model")))
+        sink({**report.metrics, EPOCH_KEY: report.epoch}, model)
         return False
 
     return on_epoch
@@ -99,19 +113,27 @@ def run_trial(config: dict[str, Any]) -> None:
     setup = TrialSetup.from_dict(config["run"])
     import_plugins(setup.plugins)
     _quiet_checkpoint_logs()
+    trial_id = ray.tune.get_context().get_trial_id()
+    final = _final_record(setup, trial_id)
+    if final is not None:  # Tune needs a result from every trial: repeat the recorded last epoch
+        log.warning(
+            "trial %s had already finished before the driver was restarted; not re-running it", trial_id
+        )
+        ray.tune.report({**final["last"], EPOCH_KEY: final["epochs"]})
+        return
     if setup.kind == "torch" and setup.trainer == "ray-train":
-        _run_ray_train(config, setup)
+        _run_ray_train(config, setup, trial_id)
         return
     _limit_threads(setup.cpus)
     family = families.get(setup.family)
-    model = _build_or_resume(family, config["params"], setup, ray.tune.get_checkpoint())
+    store = TrialCheckpoints(Path(setup.train_storage) / trial_id, keep=setup.keep_checkpoints)
+    model = _build_or_resume(family, config["params"], setup, store.latest())
 
-    def report(metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
-        ray.tune.report(metrics, checkpoint=checkpoint)
+    def sink(metrics: dict[str, float], model: Model) -> None:
+        path = store.save(model, int(metrics[EPOCH_KEY]), metrics)
+        ray.tune.report({**metrics, CHECKPOINT_KEY: str(path)})
 
-    model.fit(
-        _fit_data(setup), setup.budget, _checkpointing_callback(report, save=True), **_fit_kwargs(setup)
-    )
+    model.fit(_fit_data(setup), setup.budget, _epoch_callback(sink), **_fit_kwargs(setup))
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -125,18 +147,28 @@ def train_worker(config: dict[str, Any]) -> None:
     _limit_threads(setup.cpus)
     rank = ray.train.get_context().get_world_rank()
     family = families.get(setup.family)
-    model = _build_or_resume(family, config["params"], setup, ray.train.get_checkpoint())
-
+    with tempfile.TemporaryDirectory(prefix="dvt-resume-") as tmp:
+        checkpoint = ray.train.get_checkpoint()
+        model = _build_or_resume(
+            family, config["params"], setup, Path(checkpoint.to_directory(tmp)) if checkpoint else None
+        )
     group = ray.util.get_current_placement_group()
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
 
-    def report(metrics: dict[str, float], checkpoint: Checkpoint | None) -> None:
-        ray.train.report({**metrics, **tag}, checkpoint=checkpoint)
+    def sink(metrics: dict[str, float], model: Model) -> None:
+        if rank != 0:
+            ray.train.report({**metrics, **tag}, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="dvt-ckpt-") as tmp:
+            model.save(Path(tmp) / "model")
+            ray.train.report(
+                {**metrics, **tag}, checkpoint=Checkpoint.from_directory(str(Path(tmp) / "model"))
+            )
 
     model.fit(
         _fit_data(setup),
         setup.budget,
-        _checkpointing_callback(report, save=rank == 0),
+        _epoch_callback(sink),
         device=ray.train.torch.get_device(),
         prepare_model=ray.train.torch.prepare_model,
         prepare_loader=ray.train.torch.prepare_data_loader,
@@ -144,12 +176,11 @@ def train_worker(config: dict[str, Any]) -> None:
     )
 
 
-def _run_ray_train(config: dict[str, Any], setup: TrialSetup) -> None:
+def _run_ray_train(config: dict[str, Any], setup: TrialSetup, trial_id: str) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_id = ray.tune.get_context().get_trial_id()
     resources = {"CPU": float(setup.cpus)}
     if setup.gpus > 0:
         resources["GPU"] = float(setup.gpus)

@@ -46,7 +46,6 @@ class TuneSettings:
 
     trials: int
     max_failures: int = 2
-    keep_checkpoints: int = 2
     grace_period: int = 1
     reduction_factor: float = 3.0
     scheduler: str = "asha"
@@ -159,12 +158,8 @@ def run_family(
             run_config=tune.RunConfig(
                 name=family,
                 storage_path=str(run_path / "tune"),
+                # Trials keep their own checkpoints (see .checkpoints): none go through Tune.
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=settings.keep_checkpoints,
-                    checkpoint_score_attribute=METRIC,
-                    checkpoint_score_order=MODE,
-                ),
                 callbacks=callbacks,
                 verbose=0,
             ),

@@ -1,15 +1,13 @@
 """Fixtures of the runtime tests: tiny phantom data, search spaces, and real local Ray instances.
 
-Ray 2.60 enables token authentication for local instances; the tests keep it on with a random
-per-session token in ``RAY_AUTH_TOKEN`` (so nothing is written to ``~/.ray``), which every Ray process
-and driver subprocess inherits. ``PYTHONPATH`` gets this directory so Ray workers can import the test
-plug-in families (``dvt_test_plugins``).
+Token authentication stays on (Ray 2.60's default) with the per-session token ``tests/conftest.py`` puts
+in ``RAY_AUTH_TOKEN``; every Ray process and driver subprocess inherits it. ``PYTHONPATH`` gets this
+directory so Ray workers can import the test plug-in families (``dvt_test_plugins``).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +28,12 @@ _SAVED_ENV: dict[str, str | None] = {}
 
 @pytest.fixture(scope="session", autouse=True)
 def _runtime_env() -> Iterator[None]:
-    """Ray settings for the tests of this directory (restored when its last test is done)."""
-    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_DEDUP_LOGS", "PYTHONPATH")
+    """Ray settings for the tests of this directory (restored when its last test is done).
+
+    Ray's auth mode and per-session token come from ``tests/conftest.py`` (set before Ray is imported).
+    """
+    keys = ("RAY_ADDRESS", "RAY_DEDUP_LOGS", "PYTHONPATH")
     _SAVED_ENV.update({k: os.environ.get(k) for k in keys})
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token":
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_DEDUP_LOGS"] = "0"
     paths = [str(HERE), *filter(None, (_SAVED_ENV["PYTHONPATH"] or "").split(os.pathsep))]
@@ -50,6 +48,7 @@ def _restore_env() -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    _SAVED_ENV.clear()
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:

@@ -91,7 +91,9 @@ def test_killed_driver_resumes_to_exactly_n_trials(no_ray_here, phantom, tmp_pat
 
     records = run.trials("scripted")
     assert len(records) == TRIALS, [(r.trial_id, r.status) for r in records]
-    assert all(r.status in STATE for r in records)
+    assert all(r.status in STATE for r in records), [
+        (r.trial_id, r.status, r.epochs, r.error) for r in records
+    ]
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(run.path / "optuna.journal"))
     )
