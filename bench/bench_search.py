@@ -65,7 +65,7 @@ def _options(args: argparse.Namespace, name: str, **kw: Any) -> Any:
 
 def overhead(args: argparse.Namespace) -> dict[str, Any]:
     """(a) wall per trial minus fit time, direct vs ray-train."""
-    from dvt_search.search.records import RunDir
+    from dvt_search.rundir.layout import RunDir
 
     out: dict[str, Any] = {}
     for trainer in ("direct", "ray-train"):
@@ -106,7 +106,7 @@ def _history(run: Any, family: str) -> list[float]:
 
 def tpe_vs_random(args: argparse.Namespace) -> dict[str, Any]:
     """(b) epochs TPE+ASHA needs to reach random search's best val AUC."""
-    from dvt_search.search.records import RunDir
+    from dvt_search.rundir.layout import RunDir
 
     results = []
     for seed in range(args.seeds):

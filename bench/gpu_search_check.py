@@ -56,8 +56,8 @@ def raw_engine(args: argparse.Namespace, splits: Path, spec: dict[str, Any]) -> 
 
 
 def _search(args: argparse.Namespace, name: str, **kw: Any) -> tuple[Any, float]:
+    from dvt_search.rundir.layout import RunDir
     from dvt_search.runtime.driver import SearchOptions, run_search
-    from dvt_search.search.records import RunDir
 
     opts = SearchOptions(
         manifest=args.data,

@@ -20,7 +20,9 @@ ROOM_CLIS = (
     "dvt_search.data.cli",
     "dvt_search.families.cli",
     "dvt_search.runtime.cli",
-    "dvt_search.select.cli",
+    "dvt_search.selection.cli",
+    "dvt_search.report.cli",
+    "dvt_search.deploy.cli",
     "dvt_search.demo",
 )
 

@@ -117,7 +117,7 @@ def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Pat
     if rc:
         return rc
     run_dir = run_root / run_name
-    if importlib.util.find_spec("dvt_search.select.cli") is None:
+    if importlib.util.find_spec("dvt_search.selection.cli") is None:
         print(f"\ndemo finished in {time.perf_counter() - t_all:.1f} s; run directory: {run_dir}")
         return 0
     for title, argv in (

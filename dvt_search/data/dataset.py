@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..families.base import DataSpec
 from .augment import Augment, augment_rng
 from .io import SliceReadError, load_slice
 from .schema import manifest_root, patches_from_mask, read_manifest, resolve
+from .spec import DataSpec
 from .splits import PARTITIONS, load_splits, manifest_fingerprint
 from .windowing import multi_window, parse_windows, window
 

@@ -11,7 +11,7 @@ Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap)
   scheduler-stopped trials).
 * :mod:`.trainable` — the Tune function of every trial; Ray Train DDP for CNN trials when asked.
 * :mod:`.checkpoints` — the per-trial checkpoint store of ``direct`` trials.
-* :mod:`.callbacks` — driver-side records (:class:`dvt_search.search.records.RunDir`) and progress lines.
+* :mod:`.callbacks` — driver-side records (:class:`dvt_search.rundir.layout.RunDir`) and progress lines.
 * :mod:`.setup` — the plain-data per-trial settings and the per-process dataset cache.
 * :mod:`.prewarm` — one SIFT descriptor extraction before the SIFT search.
 * :mod:`.cluster` — connecting to Ray (local with a loopback dashboard, or ``--address``), concurrency

@@ -1,6 +1,6 @@
 """Driver-side Tune callbacks: the run-directory records and the live progress lines.
 
-:class:`RecordsCallback` writes through :class:`dvt_search.search.records.RunDir` (the contract the
+:class:`RecordsCallback` writes through :class:`dvt_search.rundir.layout.RunDir` (the contract the
 selector reads, with no Ray): ``trial.json`` on start / each result / completion / error, one
 ``metrics.jsonl`` line per epoch, and at the trial's end a copy of its best checkpoint in
 ``trials/<family>/<trial_id>/checkpoint/``. Every result carries the path of the epoch's checkpoint as
@@ -25,7 +25,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from dvt_search.search.records import TRIAL_FILE, RunDir, TrialRecord
+from dvt_search.rundir.layout import TRIAL_FILE, RunDir, TrialRecord
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from dvt_search.search.records import atomic_write_text
+from dvt_search.fsutil import atomic_write_text
 
 INDEX_FILE = "index.json"
 

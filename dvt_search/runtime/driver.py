@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dvt_search import families
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 from dvt_search.search.space import load_snapshot
 
 from .cluster import check_shared_storage, connect, max_concurrent

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dvt_search.search.records import RunDir, RunInfo
+from dvt_search.rundir.layout import RunDir, RunInfo
 from dvt_search.search.space import load_family_space, write_snapshot
 
 from .options import RunError, SearchOptions, resolve_trainer

@@ -39,7 +39,7 @@ from ray.tune import Checkpoint
 
 from dvt_search import families
 from dvt_search.families.base import DataSpec, EpochReport, FitData, Model
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 
 from .callbacks import CHECKPOINT_KEY, FINAL, TrainGroupReaper
 from .checkpoints import TrialCheckpoints

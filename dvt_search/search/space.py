@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from dvt_search import families
-from dvt_search.search.records import atomic_write_text
+from dvt_search.fsutil import atomic_write_text
 
 #: Directory (inside a run directory) where snapshots of the searched spaces are written.
 SNAPSHOT_DIR = "search_spaces"

@@ -13,7 +13,8 @@ import pytest
 
 from dvt_search.data import phantom
 from dvt_search.data.io import load_slice
-from dvt_search.data.phantom_presets import (
+from dvt_search.data.phantom import dataset as phantom_generate
+from dvt_search.data.phantom.presets import (
     ARTERY,
     BOWEL_AIR,
     BOWEL_WALL,
@@ -25,7 +26,7 @@ from dvt_search.data.phantom_presets import (
     TISSUE_HU,
     VEIN,
 )
-from dvt_search.data.phantom_render import render_slice
+from dvt_search.data.phantom.render import render_slice
 from dvt_search.data.schema import COLUMNS, patches_from_mask, read_manifest, write_manifest
 
 SMALL = {"patients": 3, "seed": 7, "size": 64, "slices_per_scan": 5}
@@ -225,7 +226,7 @@ def test_refuses_to_overwrite_unless_asked(dataset: Path, tmp_path: Path) -> Non
 
 def _failing_writer(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = phantom._save_volume
+    real = phantom_generate._save_volume
 
     def flaky(path: Path, array: np.ndarray) -> None:
         calls["n"] += 1
@@ -233,7 +234,7 @@ def _failing_writer(monkeypatch: pytest.MonkeyPatch) -> None:
             raise OSError("disk full (simulated)")
         real(path, array)
 
-    monkeypatch.setattr(phantom, "_save_volume", flaky)
+    monkeypatch.setattr(phantom_generate, "_save_volume", flaky)
 
 
 def test_failed_generation_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 from dvt_search import families
 from dvt_search.data.dataset import build_datasets
 from dvt_search.families.base import DataSpec, FitData
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 
 BATCH, EPOCHS, WORKERS = 4, 2, 2
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import PLUGIN, write_spaces
 from dvt_test_plugins import read_attempts
 
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 
 TRIALS, EPOCHS = 3, 6
 

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from conftest import PLUGIN, write_spaces
 
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 
 TRIALS, EPOCHS = 6, 3
 STATE = {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.PRUNED}

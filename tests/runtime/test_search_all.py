@@ -13,7 +13,7 @@ from dvt_search import families
 from dvt_search.data.dataset import build_datasets
 from dvt_search.data.schema import read_manifest
 from dvt_search.data.splits import load_splits, manifest_fingerprint
-from dvt_search.search.records import RunDir
+from dvt_search.rundir.layout import RunDir
 
 PAPER = ("sift_bow_svm", "vgg16", "densenet161", "multitask_unet", "patch_resnet50")
 LR = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}

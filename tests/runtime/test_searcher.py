@@ -11,8 +11,8 @@ from conftest import PLUGIN, write_spaces
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from dvt_search.rundir.layout import RunDir
 from dvt_search.runtime.searcher import TUNE_ID_ATTR, OptunaStudySearcher, close_unfinished, open_study
-from dvt_search.search.records import RunDir
 from dvt_search.search.space import parse_space
 
 SPACE = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dvt_search.search.records import RunDir, RunInfo, TrialRecord
+from dvt_search.rundir.layout import RunDir, RunInfo, TrialRecord
 
 
 def make_run(path: Path, families: list[str], trials: list[dict[str, Any]], **info: Any) -> RunDir:
@@ -125,7 +125,7 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from dvt_search.data.schema import read_manifest
     from dvt_search.data.splits import make_splits, manifest_fingerprint
     from dvt_search.families.base import FitData
-    from dvt_search.select.selector import select_run
+    from dvt_search.selection.run import select_run
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("selected")
@@ -188,7 +188,7 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def exported(selected_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The vgg16 and sift_bow_svm winners of :func:`selected_run` exported."""
-    from dvt_search.select.export import export_run
+    from dvt_search.deploy.export import export_run
 
     out = tmp_path_factory.mktemp("export")
     dirs = export_run(selected_run["run"].path, out, families=["vgg16", "sift_bow_svm"])

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dvt_search.select.compare import compare
-from dvt_search.select.stats import aggregate_scans, auc
+from dvt_search.stats.compare import compare
+from dvt_search.stats.measures import aggregate_scans, auc
 
 
 def _preds(partition_seed: int, noise: dict[str, float], n_pat: int = 30) -> pd.DataFrame:

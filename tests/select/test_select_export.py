@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from dvt_search.data.dataset import build_datasets
+from dvt_search.deploy.export import export_run, file_digest_ok
+from dvt_search.deploy.preprocess import spec_from_preprocess
 from dvt_search.families import get
-from dvt_search.select.export import export_run, file_digest_ok
-from dvt_search.select.preprocess import spec_from_preprocess
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*torch.jit.*:FutureWarning")]
 

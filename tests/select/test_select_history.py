@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from dvt_search.select.history import read_history, running_best
+from dvt_search.report.history import read_history, running_best
 
 
 def _journal(path: Path, n: dict[str, int]) -> None:

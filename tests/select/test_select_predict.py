@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dvt_search.cli import main
-from dvt_search.data.phantom_dicom import export_scan_dicom
+from dvt_search.data.phantom import export_scan_dicom
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dvt_search.cli import main
-from dvt_search.search.records import RunDir, TrialRecord
-from dvt_search.select.export import export_run
-from dvt_search.select.pull import pull
+from dvt_search.deploy.export import export_run
+from dvt_search.deploy.pull import pull
+from dvt_search.rundir.layout import RunDir, TrialRecord
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dvt_search.data.schema import read_manifest
-from dvt_search.select.report import write_report
+from dvt_search.report.build import write_report
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from dvt_search.data.schema import read_manifest
-from dvt_search.select.evaluate import SelectionError
-from dvt_search.select.selector import select_run
+from dvt_search.selection.evaluate import SelectionError
+from dvt_search.selection.run import select_run
 
 pytestmark = pytest.mark.slow
 

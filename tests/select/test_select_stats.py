@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import mannwhitneyu
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
-from dvt_search.select import stats
-from dvt_search.select.bootstrap import PatientBootstrap
+from dvt_search.stats import measures as stats
+from dvt_search.stats.bootstrap import PatientBootstrap
 
 
 def _clustered(n_patients: int, slices: int, seed: int, shift: float = 1.0):

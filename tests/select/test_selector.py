@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dvt_search.select.leaderboard import collect, read_leaderboard, write_leaderboard
-from dvt_search.select.selector import choose
+from dvt_search.selection.leaderboard import collect, read_leaderboard, write_leaderboard
+from dvt_search.selection.selector import choose
 
 
 @pytest.fixture()

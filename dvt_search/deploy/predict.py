@@ -1,0 +1,194 @@
+"""Score a new CT series with an exported model (``dvt-search predict --model DIR --dicom SERIES``).
+
+The series is read with :mod:`dvt_search.data.readers.dicom` (ordered by ImagePositionPatient so slice 0
+is the most inferior, RescaleSlope/Intercept applied), each slice is preprocessed as ``preprocess.json``
+says, and the exported model scores it: the TorchScript module (``model.ts``) for CNN families, the
+pickle-free SIFT-BoW-SVM arrays for the baseline. The scan decision is the highest slice probability
+against the validation-chosen threshold of ``threshold.json``.
+
+Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` and, for CNN
+families, ``heatmap_slice_<k>.png`` for every positive slice. Heat maps are Grad-CAM maps of the eager
+network (rebuilt from the exported ``meta.json`` + ``weights.pt``, which hold the same weights as the
+TorchScript file), because Grad-CAM needs the layer activations that a TorchScript graph does not expose.
+Nothing read from the DICOM header (names, ids, dates, UIDs) is written or logged; slices are named by
+their index only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dvt_search.deploy.preprocess import network_input, sift_input, spec_from_preprocess
+from dvt_search.fsutil import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Exported:
+    """An export directory (see :mod:`.export`) opened for inference."""
+
+    directory: Path
+    family: str
+    kind: str
+    preprocess: dict[str, Any]
+    threshold: float
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> Exported:
+        """Read ``export.json``, ``preprocess.json`` and ``threshold.json`` of an export directory."""
+        d = Path(directory)
+        try:
+            info = json.loads((d / "export.json").read_text())
+            pre = json.loads((d / "preprocess.json").read_text())
+            thr = json.loads((d / "threshold.json").read_text())
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{d}: not a dvt-search export ({exc.filename} missing)") from exc
+        if thr.get("threshold") is None:
+            raise ValueError(
+                f"{d}/threshold.json holds no threshold (the run was selected without a test set)"
+            )
+        return cls(d, info["family"], info["kind"], pre, float(thr["threshold"]))
+
+    @property
+    def spec(self) -> Any:
+        return spec_from_preprocess(self.preprocess)
+
+    def scores(self, volume_hu: np.ndarray, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+        """Per-slice DVT probabilities of a ``[Z, H, W]`` HU volume."""
+        spec = self.spec
+        if self.kind == "classic":
+            from dvt_search.selection.models import load_checkpoint
+
+            model = load_checkpoint(self.directory)
+            model.use_cache = False  # type: ignore[attr-defined]  # new data: no descriptor cache
+            return model.predict(_U8Slices([sift_input(s, spec) for s in volume_hu]))
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notice
+            net = torch.jit.load(str(self.directory / "model.ts"), map_location=device).eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(volume_hu), batch_size):
+                x = np.stack([network_input(s, spec) for s in volume_hu[i : i + batch_size]])
+                out.append(net(torch.from_numpy(x).to(device)).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        """Grad-CAM maps ``[N, S, S]`` in [0, 1] for CNN families (``None`` for the SIFT baseline)."""
+        if self.kind == "classic" or not slices_hu:
+            return None
+        import torch
+
+        from dvt_search.engine.cam import grad_cam
+        from dvt_search.selection.models import load_checkpoint, torch_module
+
+        module = torch_module(load_checkpoint(self.directory))
+        x = torch.from_numpy(np.stack([network_input(s, self.spec) for s in slices_hu]))
+        return grad_cam(module, x).detach().cpu().numpy()
+
+
+class _U8Slices:
+    """The minimal slice source the SIFT baseline reads (``len`` + ``window_u8``)."""
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def window_u8(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+
+def read_dicom_volume(series_dir: str | os.PathLike[str]) -> np.ndarray:
+    """The HU volume ``[Z, H, W]`` of the single CT series under ``series_dir`` (slice 0 most inferior)."""
+    from dvt_search.data.readers.dicom import find_series, read_series
+
+    series = find_series(Path(series_dir))
+    if len(series) != 1:
+        raise ValueError(f"{series_dir}: expected exactly one DICOM image series, found {len(series)}")
+    return np.asarray(read_series(series[0]).scan.image, dtype=np.float32)
+
+
+def overlay_png(image01: np.ndarray, heat: np.ndarray, path: Path) -> None:
+    """Write a grey image with a jet heat map blended over it (no metadata besides the pixels)."""
+    import cv2
+
+    grey = np.rint(np.clip(image01, 0, 1) * 255).astype(np.uint8)
+    colour = cv2.applyColorMap(np.rint(np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blend = cv2.addWeighted(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 0.6, colour, 0.4, 0.0)
+    big = cv2.resize(blend, (max(256, blend.shape[1]),) * 2, interpolation=cv2.INTER_NEAREST)
+    if not cv2.imwrite(str(path), big):
+        raise OSError(f"{path}: cannot write PNG")
+
+
+def predict_series(
+    model_dir: str | os.PathLike[str],
+    dicom_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Score a DICOM series, write ``slices.csv``, ``summary.json`` and heat maps; return the summary."""
+    model = Exported.open(model_dir)
+    volume = read_dicom_volume(dicom_dir)
+    probs = model.scores(volume, batch_size=batch_size, device=device)
+    positive = probs >= model.threshold
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame({"slice_index": np.arange(len(probs)), "probability": probs, "positive": positive})
+    tmp = out / ".slices.csv.tmp"
+    table.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, out / "slices.csv")
+    heat_files: list[str] = []
+    idx = np.flatnonzero(positive)
+    maps = model.heatmaps([volume[i] for i in idx])
+    if maps is not None:
+        spec = model.spec
+        for k, heat in zip(idx, maps):
+            name = f"heatmap_slice_{int(k):04d}.png"
+            overlay_png(network_input(volume[k], spec)[0], heat, out / name)
+            heat_files.append(name)
+    summary = {
+        "family": model.family,
+        "n_slices": int(len(probs)),
+        "threshold": model.threshold,
+        "max_probability": float(probs.max()) if len(probs) else float("nan"),
+        "max_slice_index": int(probs.argmax()) if len(probs) else None,
+        "positive_slices": [int(i) for i in idx],
+        "decision": "DVT suspected" if positive.any() else "no DVT detected",
+        "scan_rule": "DVT suspected when the highest slice probability >= threshold",
+        "heatmaps": heat_files,
+        "heatmap_method": "Grad-CAM of the eager network"
+        if maps is not None
+        else "none for the SIFT baseline",
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def format_summary(summary: dict[str, Any], probs: pd.DataFrame | None = None) -> str:
+    """Human-readable per-slice table and decision."""
+    lines = []
+    if probs is not None:
+        lines.append(f"{'slice':>6}  {'probability':>11}  positive")
+        for r in probs.itertuples():
+            lines.append(f"{r.slice_index:>6}  {r.probability:>11.4f}  {'yes' if r.positive else ''}")
+    lines.append(
+        f"{summary['family']}: {summary['decision']} (max slice probability {summary['max_probability']:.4f} "
+        f"at slice {summary['max_slice_index']}, threshold {summary['threshold']:.4f}; "
+        f"{len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
+    )
+    return "\n".join(lines)

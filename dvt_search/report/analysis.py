@@ -1,0 +1,218 @@
+"""Report sections about errors, the search itself, the data and the methods (see :mod:`.report`)."""
+
+from __future__ import annotations
+
+from dvt_search.report.context import ReportContext, hours
+from dvt_search.report.figures import (
+    cam_figure,
+    history_figure,
+    importance_figure,
+    learning_curves_figure,
+    multitask_losses_figure,
+)
+from dvt_search.report.render import Block, Bullets, Figure, FigureGrid, Heading, Para, Table
+from dvt_search.report.sections import MULTITASK, PAPER_PATCH_VEIN_AUC, PATCH
+from dvt_search.stats.compare import DELONG_NOTE
+
+
+def error_analysis(c: ReportContext) -> list[Block]:
+    blocks: list[Block] = [Heading("Error analysis", anchor="errors")]
+    fig = cam_figure([case for fam in c.families for case in c.cases.get(fam, [])])
+    if fig is not None:
+        blocks.append(
+            FigureGrid(
+                [
+                    Figure(
+                        "cam",
+                        fig,
+                        "Grad-CAM of the most confident mis-classified test slices "
+                        "(FP = false positive, FN = false negative; paper Fig. 5 left).",
+                        wide=True,
+                    )
+                ]
+            )
+        )
+    blocks += [Para(n, "note") for n in c.cam_notes]
+    patch = c.winner(PATCH)
+    if patch is None:
+        blocks.append(
+            Para(
+                "No patch vein-detection model was selected in this run, so the paper's patch AUC "
+                f"({PAPER_PATCH_VEIN_AUC}) is not reproduced here.",
+                "note",
+            )
+        )
+        return blocks
+    lb = c.leaderboard.set_index("trial_id")
+    val = (
+        lb.loc[patch["trial_id"], "best_val_patch_auc"]
+        if "best_val_patch_auc" in lb.columns
+        else float("nan")
+    )
+    test = c.selection.get("test", {}).get("extras", {}).get(PATCH, {}).get("test_patch_auc", float("nan"))
+    fmt = lambda v: "n/a" if v != v else f"{v:.3f}"  # noqa: E731
+    blocks.append(
+        Table(
+            ["", "validation", "test", "paper (test)"],
+            [["patch vein-detection AUC", fmt(val), fmt(test), f"{PAPER_PATCH_VEIN_AUC}"]],
+            caption="Vein presence per 32×32 block, all blocks of all slices pooled (paper section 5.4).",
+        )
+    )
+    return blocks
+
+
+def multitask(c: ReportContext) -> list[Block]:
+    fig = multitask_losses_figure(c.curves(MULTITASK)) if MULTITASK in c.families else None
+    if fig is None:
+        return []
+    return [
+        Heading("Multitask loss components", anchor="multitask"),
+        FigureGrid(
+            [
+                Figure(
+                    "multitask_losses",
+                    fig,
+                    "Training loss parts of the multitask trials per epoch "
+                    "(paper Fig. 3); the selected trial bold, others faint.",
+                )
+            ]
+        ),
+    ]
+
+
+def search(c: ReportContext) -> list[Block]:
+    lb = c.leaderboard
+    rows = []
+    for fam in c.families:
+        fc = c.selection["families"][fam]
+        g = lb[lb["family"] == fam]
+        rows.append(
+            [
+                fam,
+                str(fc["n_trials"]),
+                str(fc["n_completed"]),
+                str(fc["n_stopped"]),
+                str(fc["n_failed"]),
+                str(fc["n_unfinished"]),
+                hours(g["cpu_s"].sum()),
+                hours(g["gpu_s"].sum()),
+                hours(g["wall_s"].sum()),
+            ]
+        )
+    rows.append(
+        [
+            "total",
+            str(c.selection["n_trials"]),
+            "",
+            "",
+            "",
+            "",
+            hours(lb["cpu_s"].sum()),
+            hours(lb["gpu_s"].sum()),
+            hours(lb["wall_s"].sum()),
+        ]
+    )
+    blocks: list[Block] = [
+        Heading("The search", anchor="search"),
+        Table(
+            [
+                "family",
+                "trials",
+                "completed",
+                "stopped early",
+                "failed",
+                "unfinished",
+                "CPU-hours",
+                "GPU-hours",
+                "wall-hours",
+            ],
+            rows,
+            caption=f"Ties between trials were broken by: {c.selection['tie_break']}.",
+        ),
+    ]
+    curves = {f: c.curves(f) for f in c.families}
+    metric = c.selection["metric"]
+    figs = [
+        Figure(
+            "learning_curves",
+            learning_curves_figure(curves, c.palette, metric),
+            f"Validation {metric} per epoch of every trial (selected trial bold).",
+            wide=True,
+        )
+    ]
+    notes = []
+    for fam in c.families:
+        h = c.history.get(fam)
+        if h is None:
+            continue
+        fig = history_figure(h, c.palette[fam])
+        if fig is not None:
+            figs.append(Figure(f"history_{fam}", fig, f"{fam}: Optuna optimisation history."))
+        fig = importance_figure(h, c.palette[fam])
+        if fig is not None:
+            figs.append(
+                Figure(f"importance_{fam}", fig, f"{fam}: parameter importance by {h.importance_method}.")
+            )
+        else:
+            notes.append(f"{fam}: {h.importance_method or 'no parameter importances'}.")
+    if not c.history:
+        notes.append("No Optuna journal in this run: optimisation history and importances are not shown.")
+    return [*blocks, FigureGrid(figs), *[Para(n, "note") for n in notes]]
+
+
+def data(c: ReportContext) -> list[Block]:
+    d = c.selection.get("data") or {}
+    parts = d.get("partitions") or []
+    blocks: list[Block] = [Heading("Data and splits", anchor="data")]
+    if not parts:
+        return [*blocks, Para("Not recorded (the test set was not evaluated).", "note")]
+    rows = [
+        [
+            p["partition"],
+            str(p["patients"]),
+            str(p["scans"]),
+            str(p["slices"]),
+            f"{100 * p['slice_fraction']:.1f}%",
+            str(p["positives"]),
+            f"{100 * p['pos_fraction']:.1f}%",
+        ]
+        for p in parts
+    ]
+    caption = (
+        f"Patient-disjoint splits (hash {str(c.selection.get('splits_hash', ''))[:12]}…); anatomy: "
+        f"{', '.join(d.get('anatomy', []))}; data source(s): {', '.join(d.get('sources', []))}."
+    )
+    blocks.append(
+        Table(
+            ["partition", "patients", "scans", "slices", "share of slices", "DVT slices", "DVT share"],
+            rows,
+            caption=caption,
+        )
+    )
+    if "phantom" in d.get("sources", []):
+        blocks.append(
+            Para(
+                "These results come from synthetic phantom CT data: they demonstrate the pipeline, not "
+                "clinical performance.",
+                "verdict-warn",
+            )
+        )
+    return blocks
+
+
+def methods(c: ReportContext) -> list[Block]:
+    comp = c.comparison
+    items = [
+        f"Selection used validation {c.selection['metric']} only ({c.selection['mode']}); the test partition was "
+        "scored once, afterwards, for the selected models only.",
+        "Failed, unfinished and checkpoint-less trials were never selected.",
+    ]
+    if comp.get("families"):
+        items += [
+            f"Intervals: {round(comp['level'] * 100)}% percentile intervals from {comp['n_resamples']} patient-level "
+            f"bootstrap resamples (seed {comp['seed']}); all slices of a drawn patient enter a resample.",
+            f"Thresholds: {comp['threshold_rule']}; fixed-sensitivity thresholds {comp['sensitivities']} are also "
+            "chosen on validation.",
+            DELONG_NOTE,
+        ]
+    return [Heading("Methods", anchor="methods"), Bullets(items)]

@@ -1,0 +1,266 @@
+"""The sections of the report as document blocks (:mod:`.render`), in reading order."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dvt_search.report.context import ReportContext, ci, pval
+from dvt_search.report.figures import (
+    calibration_figure,
+    confusion_figure,
+    roc_figure,
+)
+from dvt_search.report.render import Block, Bullets, Card, Figure, FigureGrid, Header, Heading, Para, Table
+from dvt_search.stats.compare import DELONG_NOTE
+
+#: Table 1 of the paper (test AUC, precision, recall) per family.
+PAPER_TABLE1: dict[str, list[tuple[str, float, float, float]]] = {
+    "sift_bow_svm": [("SIFT baseline", 0.55, 0.56, 0.72)],
+    "vgg16": [("VGG-16", 0.50, 0.54, 0.40)],
+    "densenet161": [("no dropout", 0.51, 0.60, 0.60), ("dropout 0.2", 0.66, 0.63, 0.88)],
+    "multitask_unet": [("Multitask ResNetUNet", 0.69, 0.68, 0.73)],
+}
+PAPER_PATCH_VEIN_AUC = 0.9
+MULTITASK = "multitask_unet"
+PATCH = "patch_resnet50"
+
+
+def paper_numbers(fam: str) -> str:
+    rows = PAPER_TABLE1.get(fam)
+    if not rows:
+        return f"vein-patch AUC {PAPER_PATCH_VEIN_AUC}" if fam == PATCH else "—"
+    return "; ".join(
+        f"{a:.2f} / {p:.2f} / {r:.2f}" + (f" ({n})" if len(rows) > 1 else "") for n, a, p, r in rows
+    )
+
+
+def header(c: ReportContext) -> list[Block]:
+    sel, comp = c.selection, c.comparison
+    ov = sel.get("overall")
+    cards = []
+    if ov:
+        cards.append(Card("selected model", ov["family"], f"trial {ov['trial_id']}"))
+        cards.append(Card(f"validation {c.metric_label}", f"{ov['value']:.3f}", "used for selection"))
+        st = c.stats(ov["family"])
+        if st:
+            a = st["test"]["auc"]
+            cards.append(
+                Card(
+                    "test AUC",
+                    f"{a['estimate']:.3f}",
+                    f"{round(comp['level'] * 100)}% CI [{a['low']:.3f}, {a['high']:.3f}]",
+                )
+            )
+    else:
+        cards.append(Card("selected model", "none", "no family produced a usable trial"))
+    cards.append(Card("trials searched", str(sel["n_trials"]), f"{len(c.families)} families"))
+    if comp.get("test"):
+        t = comp["test"]
+        cards.append(
+            Card("test set", f"{t['n_slices']} slices", f"{t['n_scans']} scans, {t['n_patients']} patients")
+        )
+    return [
+        Header(
+            f"DVT detection — run {c.run_name}",
+            f"Model selection and comparison report · {sel['created']}",
+            cards,
+        )
+    ]
+
+
+def verdict(c: ReportContext) -> list[Block]:
+    lines = c.comparison.get("verdict") or [
+        "The test set was not evaluated (the run was selected with --no-test)."
+    ]
+    vs = c.comparison.get("vs_reference", [])
+    sig = any(r.get("significant") for r in vs)
+    if not vs:
+        head, kind = (
+            "Only one model was evaluated on the test set: there is no comparison to judge.",
+            "verdict-warn",
+        )
+    elif sig:
+        head, kind = (
+            "At least one difference to the selected model is statistically significant.",
+            "verdict-ok",
+        )
+    else:
+        head, kind = (
+            "No difference between the families' selected models is statistically significant.",
+            "verdict-warn",
+        )
+    return [Heading("Verdict", anchor="verdict"), Para(head, kind), Bullets(lines, "verdict")]
+
+
+def table1(c: ReportContext) -> list[Block]:
+    rows, hl = [], None
+    ov = c.selection.get("overall")
+    for i, fam in enumerate(c.families):
+        fc = c.selection["families"][fam]
+        if ov and ov["family"] == fam:
+            hl = i
+        st = c.stats(fam)
+        if fc["winner"] is None or st is None:
+            val = f"{fc['winner']['value']:.3f}" if fc["winner"] else "—"
+            rows.append(
+                [
+                    fam,
+                    str(fc["n_trials"]),
+                    val,
+                    fc["note"] or "not evaluated",
+                    "",
+                    "",
+                    "",
+                    "",
+                    paper_numbers(fam),
+                ]
+            )
+            continue
+        t = st["test"]
+        rows.append(
+            [
+                fam,
+                str(fc["n_trials"]),
+                f"{fc['winner']['value']:.3f}",
+                ci(t["auc"]),
+                ci(t["precision"]),
+                ci(t["recall"]),
+                ci(t["specificity"]),
+                f"{st['thresholds']['youden']:.3g}",
+                paper_numbers(fam),
+            ]
+        )
+    lvl = round(c.comparison.get("level", 0.95) * 100)
+    caption = (
+        f"Test metrics of each family's model selected on validation data, with {lvl}% patient-level bootstrap "
+        "intervals; precision, recall and specificity at the threshold chosen on validation (Youden's J). Paper: "
+        "Table 1 of the paper, on its own data and split (AUC / precision / recall)."
+    )
+    headers = [
+        "family",
+        "trials",
+        f"val {c.metric_label}",
+        "test AUC",
+        "precision",
+        "recall",
+        "specificity",
+        "threshold",
+        "paper",
+    ]
+    return [
+        Heading("Table 1 reproduced: classification per family", anchor="table1"),
+        Table(headers, rows, caption=caption, highlight=hl),
+    ]
+
+
+def comparisons(c: ReportContext) -> list[Block]:
+    pairs = c.comparison.get("pairs", [])
+    if not pairs:
+        return []
+    rows = [
+        [
+            f"{p['a']} − {p['b']}",
+            ci(p["boot_diff"], 3),
+            pval(p["boot_p"]),
+            pval(p["boot_p_holm"]),
+            pval(p["delong_p"]),
+            pval(p["delong_p_holm"]),
+            "yes" if p["significant"] else "no",
+        ]
+        for p in pairs
+    ]
+    caption = (
+        "All pairs of selected models on the same test slices. Bootstrap: paired, resampling patients. Holm "
+        f"adjustment over all pairs. Significant = both Holm-adjusted p-values < {1 - c.comparison['level']:.2f}."
+    )
+    return [
+        Heading("Pairwise AUC comparisons", anchor="pairs"),
+        Table(
+            ["pair", "AUC difference [CI]", "bootstrap p", "Holm", "DeLong p", "Holm", "significant"],
+            rows,
+            caption=caption,
+        ),
+        Para(DELONG_NOTE, "note"),
+    ]
+
+
+def performance(c: ReportContext) -> list[Block]:
+    fams = [f for f in c.families if c.stats(f)]
+    if not fams:
+        return []
+    aucs = {f: ci(c.stats(f)["test"]["auc"]) for f in fams}
+    bins = {f: pd.DataFrame(c.stats(f)["calibration"]["bins"]) for f in fams}
+    figs = [
+        Figure(
+            "roc",
+            roc_figure(c.test, aucs, c.palette),
+            "ROC curves of all selected models on the test slices (paper Fig. 5 right shows the patch model's).",
+        ),
+        Figure("calibration", calibration_figure(bins, c.palette), "Reliability curves on the test slices."),
+        Figure(
+            "confusion",
+            confusion_figure({f: c.stats(f)["test"]["confusion"] for f in fams}),
+            "Confusion matrices at the validation-chosen thresholds (paper Fig. 2 layout).",
+            wide=len(fams) > 1,
+        ),
+    ]
+    ops, scan = [], []
+    for f in fams:
+        st = c.stats(f)
+        for op in st["operating_points"]:
+            t = op["test"]
+            ops.append(
+                [
+                    f,
+                    f"{op['target_sensitivity']:.2f}",
+                    f"{op['threshold']:.3g}",
+                    ci(t["recall"]),
+                    ci(t["specificity"]),
+                    ci(t["precision"]),
+                ]
+            )
+        sl = st["scan_level"]
+        scan.append(
+            [
+                f,
+                ci(sl.get("max")),
+                ci(sl.get("mean")),
+                ci(sl.get("topk")),
+                str(sl.get("n_scans", "")),
+                f"{st['calibration']['brier']:.3f}",
+                f"{st['calibration']['ece']:.3f}",
+            ]
+        )
+    first = c.stats(fams[0])["scan_level"]
+    return [
+        Heading("Curves, confusion matrices and calibration", anchor="figures"),
+        FigureGrid(figs),
+        Heading("Operating points at fixed sensitivity", 3),
+        Table(
+            [
+                "family",
+                "val sensitivity",
+                "threshold",
+                "test sensitivity",
+                "test specificity",
+                "test precision",
+            ],
+            ops,
+            caption="Thresholds reaching the target sensitivity on VALIDATION predictions, applied to test.",
+        ),
+        Heading("Scan-level AUC and calibration", 3),
+        Table(
+            [
+                "family",
+                "scan AUC (max)",
+                "scan AUC (mean)",
+                f"scan AUC (top-{first['k']} mean)",
+                "scans",
+                "Brier",
+                "ECE",
+            ],
+            scan,
+            caption="A scan is positive when any of its slices is; its score aggregates its slice "
+            "scores. " + first.get("note", ""),
+        ),
+    ]

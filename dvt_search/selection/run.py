@@ -1,0 +1,109 @@
+"""``dvt-search select``: leaderboard -> winners on validation -> (once) test predictions -> comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from dvt_search.selection.selector import SELECTION_FILE, SELECTION_FORMAT, choose
+
+
+def select_run(
+    run_path: str | os.PathLike[str],
+    *,
+    metric: str | None = None,
+    mode: str | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    evaluate_test: bool = True,
+    sensitivities: Sequence[float] = (0.8, 0.9),
+    n_resamples: int = 2000,
+    seed: int = 0,
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Leaderboard -> choice on validation -> (once) test predictions of the winners -> comparison.
+
+    Writes ``leaderboard.{parquet,csv}``, ``selection.json`` and, with ``evaluate_test``,
+    ``val_predictions.parquet``, ``test_predictions.parquet`` and ``comparison.json`` into the run
+    directory. Returns the ``selection.json`` document.
+    """
+    from dvt_search.data.schema import read_manifest
+    from dvt_search.fsutil import atomic_write_text
+    from dvt_search.rundir.layout import RunDir
+    from dvt_search.selection.evaluate import (
+        predict_winners,
+        resolve_manifest,
+        verify_splits,
+        write_predictions,
+    )
+    from dvt_search.selection.leaderboard import collect, write_leaderboard
+    from dvt_search.selection.models import count_parameters
+    from dvt_search.stats.compare import compare, write_comparison
+
+    run = RunDir(run_path)
+    info = run.read_info()
+    metric, mode = metric or info.metric, mode or info.mode
+    lb = collect(run, metric, mode)
+    write_leaderboard(run, lb)
+    choice = choose(
+        lb,
+        metric,
+        mode,
+        families=info.families,
+        n_params=lambda r: count_parameters(run.path / r["checkpoint"]),
+    )
+    doc: dict[str, Any] = {
+        "format": SELECTION_FORMAT,
+        "run": info.run_name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **choice.to_dict(),
+        "splits_hash": info.splits_hash,
+        "manifest_fingerprint": info.manifest_fingerprint,
+        "test": {"evaluated": False},
+    }
+    if evaluate_test and choice.winners:
+        manifest_path = resolve_manifest(run.path, info, manifest)
+        manifest_df = read_manifest(manifest_path)
+        splits = verify_splits(run.path, info, manifest_df)
+        doc["data"] = data_summary(manifest_df, splits)
+        preds = predict_winners(
+            run, choice.winners, manifest_path, splits, metric=metric, device=device, batch_size=batch_size
+        )
+        write_predictions(run.path, preds)
+        ref = choice.overall.family if choice.overall else None
+        comparison = compare(
+            preds.val,
+            preds.test,
+            reference=ref,
+            sensitivities=sensitivities,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        write_comparison(run.path, comparison)
+        doc["test"] = {
+            "evaluated": True,
+            "evaluated_at": doc["created"],
+            "families": sorted(choice.winners),
+            "n_slices": comparison.get("test", {}).get("n_slices", 0),
+            "validation_check": preds.checks,
+            "extras": preds.extras,
+        }
+    atomic_write_text(run.path / SELECTION_FILE, json.dumps(doc, indent=2, sort_keys=True, default=float))
+    return doc
+
+
+def data_summary(manifest_df: pd.DataFrame, splits: Any) -> dict[str, Any]:
+    """Patients / scans / slices / positives per partition and the manifest's data sources (no ids)."""
+    from dvt_search.data.splits import summarize
+
+    frame = summarize(manifest_df, splits).reset_index()
+    return {
+        "partitions": frame.to_dict(orient="records"),
+        "sources": sorted(str(s) for s in manifest_df["source"].unique()),
+        "anatomy": list(splits.anatomy),
+    }
