@@ -1,4 +1,4 @@
-"""Atomic file writes shared by every room: readers never see a half-written file.
+"""Atomic file and directory writes shared by every room: readers never see a half-written file.
 
 A file is written to a temporary name in the target's directory and renamed over the target only after
 the write succeeded; on any error the temporary file is removed and a previous target is left untouched.
@@ -9,6 +9,7 @@ The result gets the permissions a plain ``open(path, "w")`` would give (``0o666`
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,3 +48,27 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``target`` when the block succeeds.
+
+    An existing ``target`` is moved aside and deleted only after the new one is in place; on error the
+    temporary directory is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

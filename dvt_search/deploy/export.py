@@ -35,8 +35,8 @@ import torch
 
 from dvt_search.deploy.card import model_card
 from dvt_search.deploy.preprocess import preprocess_spec
-from dvt_search.engine.checkpoint import atomic_directory
 from dvt_search.families.base import Model
+from dvt_search.fsutil import atomic_directory
 from dvt_search.selection.models import SliceProbability, load_checkpoint, torch_module
 from dvt_search.selection.selector import read_selection
 from dvt_search.stats.compare import read_comparison

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path, PurePosixPath
 
-from dvt_search.engine.checkpoint import atomic_directory
+from dvt_search.fsutil import atomic_directory
 
 log = logging.getLogger(__name__)
 

@@ -1,44 +1,12 @@
-"""Atomic checkpoint directories and pickle-free tensor files.
-
-A checkpoint directory is built next to its target under a temporary name and swapped in only when
-complete, so a crash never leaves a half-written checkpoint behind.
-"""
+"""Pickle-free tensor files of checkpoints (atomic directories: :func:`dvt_search.fsutil.atomic_directory`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``target`` when the block succeeds.
-
-    An existing ``target`` is moved aside and deleted only after the new one is in place; on error the
-    temporary directory is removed and ``target`` is left untouched.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def cpu_state(obj: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import DataSpec, EpochReport, Family, FitData, FitError, Model
+from .base import DataSpec, EpochReport, Family, FitData, FitError, Model, TrialNeeds
 
 _REGISTRY: dict[str, type[Family]] = {}
 
@@ -68,6 +68,7 @@ __all__ = [
     "FitData",
     "FitError",
     "Model",
+    "TrialNeeds",
     "all_families",
     "get",
     "names",

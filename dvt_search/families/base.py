@@ -119,13 +119,80 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+@dataclass(frozen=True)
+class TrialNeeds:
+    """What one trial of a family asks of the runtime (plain data: the runtime turns it into Ray resources).
+
+    Attributes:
+        budget: epochs of a full-budget trial (1 for one-shot families: nothing to stop early).
+        trainer: ``direct`` (the family trains inside the trial's own process) or ``ray-train``
+            (a Ray Train ``TorchTrainer`` with ``workers`` DDP workers).
+        workers: training processes of one trial (``ray-train`` only; 1 otherwise).
+        cpus: CPUs of each training process.
+        gpus: GPUs of each training process (fractions pack trials onto one device).
+        reuse_actors: whether consecutive trials may share one process (cheap for one-shot trials; a
+            stopped epoch-budget trial can leave its process busy until its next report).
+    """
+
+    budget: int
+    trainer: str = "direct"
+    workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    reuse_actors: bool = False
+
+    @property
+    def total_cpus(self) -> float:
+        """CPUs one trial holds in total (all its workers together)."""
+        return self.cpus * self.workers
+
+    @property
+    def total_gpus(self) -> float:
+        """GPUs one trial holds in total (all its workers together)."""
+        return self.gpus * self.workers
+
+
 class Family(ABC):
-    """A registered model family. Subclasses set ``name``, ``kind`` and implement ``build``."""
+    """A registered model family. Subclasses set ``name`` and implement ``default_params``/``build``/``load``.
+
+    What differs between families is asked of the family itself through the hooks below (trial needs,
+    fit options, export), never decided by callers from a type code.
+    """
 
     name: ClassVar[str]
-    #: ``"torch"`` (trained by the shared engine, DDP-capable) or ``"classic"`` (CPU, e.g. SIFT+SVM)
-    kind: ClassVar[str]
+    #: A short human-readable label of how the family learns (shown by ``dvt-search families``).
+    kind: ClassVar[str] = ""
     description: ClassVar[str] = ""
+
+    # ----------------------------------------------------------------- what a trial needs
+    @classmethod
+    def trial_needs(
+        cls, *, max_epochs: int, cpus: float, gpus: float, train_workers: int, trainer: str
+    ) -> TrialNeeds:
+        """The runtime's settings for one trial, given the run's resource options.
+
+        The default is a one-shot CPU family (one "epoch", one process, no GPU, re-usable actors), like the
+        SIFT baseline; epoch-trained, accelerator-capable families override it.
+
+        Args:
+            max_epochs: the run's epoch budget of a full trial.
+            cpus: ``--cpus-per-trial`` (per worker).
+            gpus: ``--gpus-per-trial`` (per worker).
+            train_workers: ``--train-workers``.
+            trainer: the run's resolved trainer (``direct`` or ``ray-train``).
+        """
+        return TrialNeeds(budget=1, trainer="direct", workers=1, cpus=float(cpus), gpus=0.0, reuse_actors=True)
+
+    @classmethod
+    def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:
+        """Keyword arguments for :meth:`Model.fit` inside a trial (device, threads, caches).
+
+        Args:
+            device: ``cuda`` when the trial holds a GPU, else ``cpu``.
+            cpus: CPUs the training process holds.
+            use_cache: whether derived artefacts may be read from / written to ``FitData.cache_dir``.
+        """
+        return {}
 
     @classmethod
     def search_space_file(cls) -> str:

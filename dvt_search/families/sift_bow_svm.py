@@ -389,6 +389,11 @@ class SiftBowSvm(Family):
         }
 
     @classmethod
+    def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:
+        """SIFT extraction threads from the trial's CPUs; the shared descriptor cache when allowed."""
+        return {"n_jobs": max(1, int(cpus)), "use_cache": use_cache}
+
+    @classmethod
     def build(cls, params: Mapping[str, Any], spec: DataSpec) -> SiftBowSvmModel:
         return SiftBowSvmModel(cls.resolve_params(params), spec)
 

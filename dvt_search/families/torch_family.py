@@ -27,11 +27,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..engine import loop
-from ..engine.checkpoint import atomic_directory, cpu_state, load_tensors
+from ..engine.checkpoint import cpu_state, load_tensors
 from ..engine.device import resolve_device
 from ..engine.losses import bce
 from ..engine.optim import LoopConfig
-from .base import DataSpec, EpochCallback, EpochReport, Family, FitData, Model, read_meta
+from ..fsutil import atomic_directory
+from .base import DataSpec, EpochCallback, EpochReport, Family, FitData, Model, TrialNeeds, read_meta
 
 WEIGHTS_FILE = "weights.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -243,6 +244,24 @@ class TorchFamily(Family):
 
     kind: ClassVar[str] = "torch"
     model_cls: ClassVar[type[TorchModel]]
+
+    @classmethod
+    def trial_needs(
+        cls, *, max_epochs: int, cpus: float, gpus: float, train_workers: int, trainer: str
+    ) -> TrialNeeds:
+        """Epoch-budget trials on the engine: ``direct`` or Ray Train DDP, GPUs as asked, fresh actors."""
+        return TrialNeeds(
+            budget=int(max_epochs),
+            trainer=trainer,
+            workers=int(train_workers),
+            cpus=float(cpus),
+            gpus=float(gpus),
+            reuse_actors=False,
+        )
+
+    @classmethod
+    def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:
+        return {"device": device}
 
     @classmethod
     def build(cls, params: Mapping[str, Any], spec: DataSpec) -> TorchModel:
