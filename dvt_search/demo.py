@@ -140,14 +140,13 @@ def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Pat
 
 def _predict_on_dicom(args: argparse.Namespace, manifest: Path, splits_path: Path, run_dir: Path) -> int:
     """Write one test scan of the phantom as a DICOM series and run the overall winner on it."""
-    import json
-
     from .cli import main as cli_main
     from .data.phantom import export_scan_dicom
     from .data.splits import load_splits
+    from .selection.selector import read_selection
 
     _stage("8. predict on a phantom DICOM series")
-    selection = json.loads((run_dir / "selection.json").read_text())
+    selection = read_selection(run_dir)
     winner = (selection.get("overall") or {}).get("family")
     if not winner:
         print("no overall winner was selected; skipping predict")

@@ -1,5 +1,10 @@
-"""What a model needs to know about its inputs: :class:`DataSpec` (network input size, HU windows, and the
-class/vein fractions of the training partition). Saved in every checkpoint's ``meta.json``."""
+"""What a model sees of a CT slice, in one shape everywhere.
+
+:class:`InputSpec` is the network input — side length and HU windows — as the run's configuration, the
+datasets, the checkpoints and the exported preprocessing all state it. :class:`DataSpec` adds what a model
+needs to know about its training partition (class and vein fractions); it is saved in every checkpoint's
+``meta.json``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,44 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+Window = tuple[float, float]
+DEFAULT_WINDOWS: tuple[Window, ...] = ((40.0, 400.0),)
+
+
+def as_windows(windows: Any) -> tuple[Window, ...]:
+    """``[[level, width], ...]`` (lists, tuples, numpy) as a tuple of float pairs."""
+    return tuple((float(w[0]), float(w[1])) for w in windows)
+
 
 @dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know about its inputs.
+class InputSpec:
+    """The network input of a slice.
+
+    Attributes:
+        image_size: side of the square network input (512 in the paper; small on CPU).
+        windows: HU windows as ``(level, width)`` pairs; one input channel per window.
+    """
+
+    image_size: int = 512
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", int(self.image_size))
+        object.__setattr__(self, "windows", as_windows(self.windows))
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.windows)
+
+    @property
+    def input(self) -> InputSpec:
+        """Just the network input (size and windows)."""
+        return InputSpec(self.image_size, self.windows)
+
+
+@dataclass(frozen=True)
+class DataSpec(InputSpec):
+    """What a model needs to know about its inputs: the :class:`InputSpec` plus training-data fractions.
 
     Attributes:
         image_size: side of the square network input (512 in the paper; small on CPU).
@@ -19,14 +58,8 @@ class DataSpec:
         vein_fraction: fraction of vein pixels in the training masks (for default pixel weights).
     """
 
-    image_size: int = 512
-    windows: tuple[tuple[float, float], ...] = ((40.0, 400.0),)
     pos_fraction: float = 0.5
     vein_fraction: float = 0.01
-
-    @property
-    def in_channels(self) -> int:
-        return len(self.windows)
 
     @property
     def patch_grid(self) -> tuple[int, int]:
@@ -41,6 +74,4 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:
-        d = dict(d)
-        d["windows"] = tuple(tuple(float(x) for x in w) for w in d.get("windows", ((40.0, 400.0),)))
-        return cls(**d)
+        return cls(**dict(d))

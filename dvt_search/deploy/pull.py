@@ -17,21 +17,9 @@ import os
 from pathlib import Path, PurePosixPath
 
 from dvt_search.fsutil import atomic_directory
+from dvt_search.rundir import layout
 
 log = logging.getLogger(__name__)
-
-TOP_FILES = (
-    "run.json",
-    "splits.json",
-    "selection.json",
-    "comparison.json",
-    "leaderboard.parquet",
-    "leaderboard.csv",
-    "val_predictions.parquet",
-    "test_predictions.parquet",
-    "optuna.journal",
-)
-TRIAL_FILES = ("trial.json", "metrics.jsonl")
 
 
 def _open(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
@@ -69,19 +57,21 @@ def pull(run_uri: str, out: str | os.PathLike[str]) -> Path:
 
     filesystem, base = _open(run_uri)
     base = base.rstrip("/")
-    if filesystem.get_file_info(f"{base}/run.json").type != fs.FileType.File:
-        raise FileNotFoundError(f"{run_uri}: not a dvt-search run (no run.json)")
+    if filesystem.get_file_info(f"{base}/{layout.RUN_FILE}").type != fs.FileType.File:
+        raise FileNotFoundError(f"{run_uri}: not a dvt-search run (no {layout.RUN_FILE})")
     out = Path(out)
     total = 0
     with atomic_directory(out) as tmp:
-        for name in TOP_FILES:
+        for name in layout.SUMMARY_FILES:
             if filesystem.get_file_info(f"{base}/{name}").type == fs.FileType.File:
                 total += _copy(filesystem, f"{base}/{name}", tmp / name)
-        for path in _files(filesystem, f"{base}/search_spaces"):
+        for path in _files(filesystem, f"{base}/{layout.SPACES_DIR}"):
             total += _copy(filesystem, path, tmp / _rel(path, base))
-        for path in _files(filesystem, f"{base}/trials"):
+        for path in _files(filesystem, f"{base}/{layout.TRIALS_DIR}"):
             rel = _rel(path, base)
-            if rel.name in TRIAL_FILES and len(rel.parts) == 4:  # trials/<family>/<trial>/<file>
+            if (
+                rel.name in layout.TRIAL_RECORD_FILES and len(rel.parts) == 4
+            ):  # trials/<family>/<trial>/<file>
                 total += _copy(filesystem, path, tmp / rel)
         for ckpt in _winner_checkpoints(tmp):
             files = _files(filesystem, f"{base}/{ckpt}")
@@ -95,15 +85,13 @@ def pull(run_uri: str, out: str | os.PathLike[str]) -> Path:
 
 def _winner_checkpoints(local_run: Path) -> list[str]:
     """Checkpoint paths (relative to the run) of the selected models, from selection.json or the records."""
+    from dvt_search.selection.leaderboard import collect
     from dvt_search.selection.selector import choose, read_selection
 
-    if (local_run / "selection.json").is_file():
+    run = layout.RunDir(local_run)
+    if run.selection_file.is_file():
         sel = read_selection(local_run)
         return sorted(c["winner"]["checkpoint"] for c in sel["families"].values() if c["winner"])
-    from dvt_search.rundir.layout import RunDir
-    from dvt_search.selection.leaderboard import collect
-
-    run = RunDir(local_run)
     lb = collect(run)
     # checkpoints are not local yet: trust the records' has_checkpoint flag for the choice
     flags = {(r.family, r.trial_id): r.has_checkpoint for r in run.iter_trials()}

@@ -181,7 +181,9 @@ class Family(ABC):
             train_workers: ``--train-workers``.
             trainer: the run's resolved trainer (``direct`` or ``ray-train``).
         """
-        return TrialNeeds(budget=1, trainer="direct", workers=1, cpus=float(cpus), gpus=0.0, reuse_actors=True)
+        return TrialNeeds(
+            budget=1, trainer="direct", workers=1, cpus=float(cpus), gpus=0.0, reuse_actors=True
+        )
 
     @classmethod
     def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:

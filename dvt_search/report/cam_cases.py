@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from dvt_search.rundir.layout import RunDir
-from dvt_search.selection.evaluate import SPLITS_FILE, resolve_manifest, verify_splits
+from dvt_search.selection.evaluate import resolve_manifest, verify_splits
 from dvt_search.selection.models import load_checkpoint, torch_module
 
 
@@ -75,7 +75,7 @@ def misclassified_cases(
             notes.append(f"{fam}: no mis-classified test slice at the chosen threshold.")
             continue
         ds = build_datasets(
-            manifest_path, run.path / SPLITS_FILE, size=model.spec.image_size, windows=model.spec.windows
+            manifest_path, run.splits_file, size=model.spec.image_size, windows=model.spec.windows
         )["test"]
         images = torch.stack([ds[int(r)]["image"] for r in errors["row"]])
         module.cpu()

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-JOURNAL_FILE = "optuna.journal"
 #: fANOVA needs a handful of finished trials to say anything; below this the Spearman fallback is used.
 MIN_TRIALS_FOR_FANOVA = 5
 MIN_TRIALS_FOR_ANY = 3
@@ -72,7 +71,9 @@ def _importances(study: Any, trials: pd.DataFrame) -> tuple[dict[str, float], st
 
 def read_history(run_path: str | Path) -> dict[str, StudyHistory]:
     """Every family study in the run's journal (empty dict when the run has none)."""
-    src = Path(run_path) / JOURNAL_FILE
+    from dvt_search.rundir.layout import RunDir
+
+    src = RunDir(run_path).journal
     if not src.is_file():
         return {}
     import optuna
@@ -82,7 +83,7 @@ def read_history(run_path: str | Path) -> dict[str, StudyHistory]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict[str, StudyHistory] = {}
     with tempfile.TemporaryDirectory(prefix="dvt-journal-") as tmp:
-        copy = Path(tmp) / JOURNAL_FILE
+        copy = Path(tmp) / src.name
         shutil.copyfile(src, copy)
         storage = JournalStorage(JournalFileBackend(str(copy)))
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):

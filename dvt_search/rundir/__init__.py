@@ -1,5 +1,34 @@
-"""The run directory (no Ray here): the one owner of every path and file format under ``<storage>/<run>/``."""
+"""The run directory (no Ray here): the one owner of every path and file format under ``<storage>/<run>/``.
 
-from .layout import RunDir, RunInfo, TrialRecord
+:mod:`.layout` (:class:`RunDir`: paths, readers, writers), :mod:`.records` (``run.json`` and
+``trial.json``), :mod:`.config` (the run's frozen, nested settings).
+"""
 
-__all__ = ["RunDir", "RunInfo", "TrialRecord"]
+from .config import (
+    BudgetConfig,
+    ConfigError,
+    DataConfig,
+    ResourceConfig,
+    RunConfig,
+    SchedulerConfig,
+    SearcherConfig,
+)
+from .layout import RunDir, latest_run
+from .records import FINAL, STATUSES, RunInfo, RunState, TrialRecord
+
+__all__ = [
+    "FINAL",
+    "STATUSES",
+    "BudgetConfig",
+    "ConfigError",
+    "DataConfig",
+    "ResourceConfig",
+    "RunConfig",
+    "RunDir",
+    "RunInfo",
+    "RunState",
+    "SchedulerConfig",
+    "SearcherConfig",
+    "TrialRecord",
+    "latest_run",
+]

@@ -1,18 +1,27 @@
 """The run directory: what a search leaves behind, in plain files any later stage can read without Ray.
 
-Layout (``<storage>/<run_name>/``)::
+:class:`RunDir` is the one owner of every path and file format under ``<storage>/<run_name>/``; no other
+module spells a run-directory file name::
 
-    run.json                      RunInfo: resolved configuration of the search
+    run.json                      RunInfo: identity, frozen RunConfig, progress (see :mod:`.records`)
     splits.json                   copy of the splits the run used (hash checked by every later stage)
     search_spaces/<family>.yaml   snapshot of each searched space
     optuna.journal                Optuna journal storage; one study per family, named after the family
     tune/<family>/...             the Ray Tune experiment (what ``--resume`` restores)
+    train/<family>/<trial_id>/    the trial's own checkpoint store (a Ray Train run for ray-train trials)
+    cache/                        derived artefacts shared by trials (the SIFT descriptor cache)
     trials/<family>/<trial_id>/
         trial.json                TrialRecord (rewritten atomically on every change)
         metrics.jsonl             one JSON object per finished epoch
         checkpoint/               the trial's best checkpoint (``Model.save`` layout), when it has one
+    leaderboard.{parquet,csv}     every trial as one table (``dvt-search select``)
+    selection.json                the winners chosen on validation
+    val_predictions.parquet       the winners' validation scores
+    test_predictions.parquet      the winners' test scores (the one touch of test)
+    comparison.json               the statistics of the comparison on test
 
-The runtime's driver writes these through :class:`RunDir`; the selector only reads them.
+The driver (runtime) writes the search's files, ``dvt-search select`` the selection's; every stage reads
+through this class.
 """
 
 from __future__ import annotations
@@ -20,116 +29,221 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_write_text
+from dvt_search.fsutil import atomic_write, atomic_write_text
+
+from .records import FINAL, STATUSES, RunInfo, TrialRecord, json_default, to_json
 
 RUN_FILE = "run.json"
+SPLITS_FILE = "splits.json"
+SPACES_DIR = "search_spaces"
+JOURNAL_FILE = "optuna.journal"
+TUNE_DIR = "tune"
+TRAIN_DIR = "train"
+CACHE_DIR = "cache"
+TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+LEADERBOARD_PARQUET = "leaderboard.parquet"
+LEADERBOARD_CSV = "leaderboard.csv"
+SELECTION_FILE = "selection.json"
+COMPARISON_FILE = "comparison.json"
+PREDICTIONS_FILES = {"val": "val_predictions.parquet", "test": "test_predictions.parquet"}
+#: The small top-level files of a finished run (what ``dvt-search pull`` fetches besides trial records).
+SUMMARY_FILES = (
+    RUN_FILE,
+    SPLITS_FILE,
+    SELECTION_FILE,
+    COMPARISON_FILE,
+    LEADERBOARD_PARQUET,
+    LEADERBOARD_CSV,
+    *PREDICTIONS_FILES.values(),
+    JOURNAL_FILE,
+)
+#: The per-trial record files (``trials/<family>/<trial>/<file>``).
+TRIAL_RECORD_FILES = (TRIAL_FILE, METRICS_FILE)
 
-#: How a trial ended. ``stopped`` = stopped early by the scheduler (fewer epochs than budgeted).
-STATUSES = ("pending", "running", "completed", "stopped", "failed")
+__all__ = [
+    "FINAL",
+    "STATUSES",
+    "SUMMARY_FILES",
+    "TRIAL_RECORD_FILES",
+    "RunDir",
+    "RunInfo",
+    "TrialRecord",
+    "latest_run",
+]
 
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_default)
-
-
-def _default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-@dataclass
-class RunInfo:
-    """Resolved configuration of a search run (``run.json``)."""
-
-    run_name: str
-    families: list[str]
-    trials_per_family: int
-    max_epochs: int
-    metric: str = "val_auc"
-    mode: str = "max"
-    manifest: str = ""
-    manifest_fingerprint: str = ""
-    splits_hash: str = ""
-    seed: int = 0
-    image_size: int = 512
-    windows: list[list[float]] = field(default_factory=lambda: [[40.0, 400.0]])
-    created: str = ""
-    config: dict[str, Any] = field(default_factory=dict)  # scheduler, searcher, resources, versions...
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunInfo:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+#: What to run to create each derived file (for "missing file" messages).
+_MADE_BY = {
+    SELECTION_FILE: "dvt-search select {run}",
+    COMPARISON_FILE: "dvt-search select {run}",
+    LEADERBOARD_PARQUET: "dvt-search select {run}",
+    PREDICTIONS_FILES["val"]: "dvt-search select {run}",
+    PREDICTIONS_FILES["test"]: "dvt-search select {run}",
+}
 
 
-@dataclass
-class TrialRecord:
-    """One trial of one family (``trials/<family>/<trial_id>/trial.json``)."""
-
-    trial_id: str
-    family: str
-    params: dict[str, Any]
-    status: str = "pending"
-    epochs: int = 0
-    max_epochs: int = 0
-    best_epoch: int | None = None
-    best: dict[str, float] = field(default_factory=dict)  # metrics of the best epoch (by the run metric)
-    last: dict[str, float] = field(default_factory=dict)  # metrics of the last epoch
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    gpu_s: float = 0.0
-    optuna_number: int | None = None
-    error: str | None = None
-    has_checkpoint: bool = False
-    failures: int = 0  # failed attempts (retried from the last checkpoint, or final for status failed)
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"trial {self.trial_id}: status {self.status!r} not in {STATUSES}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialRecord:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+def latest_run(storage: str | os.PathLike[str]) -> Path | None:
+    """The most recently modified run directory under ``storage`` (``None`` when there is none)."""
+    runs = sorted(Path(storage).glob(f"*/{RUN_FILE}"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
 
 
 class RunDir:
-    """Reads and writes one run directory (local path or a mounted shared filesystem)."""
+    """Paths, readers and writers of one run directory (local path or a mounted shared filesystem)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    # --- run -------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # --- paths ------------------------------------------------------------------------------------------------
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def splits_file(self) -> Path:
+        return self.path / SPLITS_FILE
+
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL_FILE
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / CACHE_DIR
+
+    @property
+    def tune_root(self) -> Path:
+        return self.path / TUNE_DIR
+
+    def tune_dir(self, family: str) -> Path:
+        """The family's Ray Tune experiment (``tune/<family>``)."""
+        return self.tune_root / family
+
+    def train_dir(self, family: str) -> Path:
+        """Where the family's trials keep their own checkpoint stores (``train/<family>``)."""
+        return self.path / TRAIN_DIR / family
+
+    def space_file(self, family: str) -> Path:
+        """The snapshot of the family's searched space."""
+        return self.path / SPACES_DIR / f"{family}.yaml"
+
+    def trial_dir(self, family: str, trial_id: str) -> Path:
+        return self.path / TRIALS_DIR / family / trial_id
+
+    def trial_file(self, family: str, trial_id: str) -> Path:
+        return self.trial_dir(family, trial_id) / TRIAL_FILE
+
+    def checkpoint_dir(self, family: str, trial_id: str) -> Path:
+        return self.trial_dir(family, trial_id) / CHECKPOINT_DIR
+
+    @property
+    def leaderboard_files(self) -> tuple[Path, Path]:
+        """``leaderboard.parquet`` and ``leaderboard.csv``."""
+        return self.path / LEADERBOARD_PARQUET, self.path / LEADERBOARD_CSV
+
+    @property
+    def selection_file(self) -> Path:
+        return self.path / SELECTION_FILE
+
+    @property
+    def comparison_file(self) -> Path:
+        return self.path / COMPARISON_FILE
+
+    def predictions_file(self, partition: str) -> Path:
+        """The winners' scores on ``val`` or ``test``."""
+        try:
+            return self.path / PREDICTIONS_FILES[partition]
+        except KeyError:
+            raise ValueError(
+                f"partition must be one of {sorted(PREDICTIONS_FILES)}, got {partition!r}"
+            ) from None
+
+    def storage_probe(self) -> Path:
+        """A fresh, unique probe file name in the run directory (the shared-storage check writes it)."""
+        import uuid
+
+        return self.path / f".dvt-shared-check-{uuid.uuid4().hex}"
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to the run directory (POSIX form, as stored in tables)."""
+        return Path(path).relative_to(self.path).as_posix()
+
+    # --- run.json ---------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        """Whether the directory holds a run (a ``run.json``)."""
+        return self.run_file.exists()
+
     def write_info(self, info: RunInfo) -> None:
-        atomic_write_text(self.path / RUN_FILE, _json(asdict(info)))
+        atomic_write_text(self.run_file, to_json(info.to_dict()))
 
     def read_info(self) -> RunInfo:
-        f = self.path / RUN_FILE
+        f = self.run_file
         if not f.is_file():
             raise FileNotFoundError(f"{self.path}: not a dvt-search run directory (no {RUN_FILE})")
-        return RunInfo.from_dict(json.loads(f.read_text()))
+        try:
+            doc = json.loads(f.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{f}: not valid JSON ({exc})") from None
+        return RunInfo.from_dict(doc, where=str(f))
 
-    # --- trials ----------------------------------------------------------------------------------------
-    def trial_dir(self, family: str, trial_id: str) -> Path:
-        return self.path / "trials" / family / trial_id
+    # --- documents written by later stages (selection.json, comparison.json) ---------------------------------------
+    def write_doc(self, path: Path, doc: Mapping[str, Any]) -> Path:
+        """Write a JSON document of the run atomically (NaN allowed, as JSON's ``NaN``)."""
+        return atomic_write_text(
+            path, json.dumps(doc, indent=2, sort_keys=True, default=float, allow_nan=True)
+        )
 
+    def read_doc(self, path: Path) -> dict[str, Any]:
+        """A JSON document of the run; ``FileNotFoundError`` says which command writes it."""
+        if not path.is_file():
+            raise FileNotFoundError(self._missing(path))
+        return json.loads(path.read_text())
+
+    def write_frame(self, path: Path, frame: Any) -> Path:
+        """Write a pandas frame atomically as Parquet (``.parquet``) or CSV (anything else)."""
+        if path.suffix == ".parquet":
+            return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+    def read_frame(self, path: Path) -> Any:
+        """A Parquet table of the run; ``FileNotFoundError`` says which command writes it."""
+        import pandas as pd
+
+        if not path.is_file():
+            raise FileNotFoundError(self._missing(path))
+        return pd.read_parquet(path)
+
+    def _missing(self, path: Path) -> str:
+        made_by = _MADE_BY.get(path.name)
+        hint = f" (run `{made_by.format(run=self.path)}` first)" if made_by else ""
+        what = {SELECTION_FILE: "no selection", COMPARISON_FILE: "no comparison"}.get(path.name, "missing")
+        if path.name in PREDICTIONS_FILES.values():
+            what = "no predictions"
+        elif path.name == LEADERBOARD_PARQUET:
+            what = "no leaderboard"
+        return f"{path}: {what}{hint}"
+
+    # --- trials -----------------------------------------------------------------------------------------------
     def write_trial(self, rec: TrialRecord) -> None:
-        atomic_write_text(self.trial_dir(rec.family, rec.trial_id) / TRIAL_FILE, _json(asdict(rec)))
+        from dataclasses import asdict
+
+        atomic_write_text(self.trial_file(rec.family, rec.trial_id), to_json(asdict(rec)))
+
+    def read_trial(self, family: str, trial_id: str) -> TrialRecord | None:
+        """The trial's record, or ``None`` when it has none (yet) or it cannot be read."""
+        f = self.trial_file(family, trial_id)
+        try:
+            return TrialRecord.from_dict(json.loads(f.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
 
     def append_epoch(self, family: str, trial_id: str, metrics: Mapping[str, Any]) -> None:
         """Append one epoch's metrics (must hold ``epoch``); a re-reported epoch replaces the old line."""
@@ -137,7 +251,9 @@ class RunDir:
         rows = [r for r in self.read_epochs(family, trial_id) if r.get("epoch") != metrics.get("epoch")]
         rows.append(dict(metrics))
         rows.sort(key=lambda r: r.get("epoch", 0))
-        atomic_write_text(f, "".join(json.dumps(r, sort_keys=True, default=_default) + "\n" for r in rows))
+        atomic_write_text(
+            f, "".join(json.dumps(r, sort_keys=True, default=json_default) + "\n" for r in rows)
+        )
 
     def read_epochs(self, family: str, trial_id: str) -> list[dict[str, Any]]:
         f = self.trial_dir(family, trial_id) / METRICS_FILE
@@ -145,18 +261,12 @@ class RunDir:
             return []
         return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
 
-    def checkpoint_dir(self, family: str, trial_id: str) -> Path:
-        return self.trial_dir(family, trial_id) / CHECKPOINT_DIR
-
     def iter_trials(self, family: str | None = None) -> Iterator[TrialRecord]:
-        root = self.path / "trials"
-        fams = (
-            [family]
-            if family
-            else sorted(p.name for p in root.iterdir() if p.is_dir())
-            if root.is_dir()
-            else []
-        )
+        root = self.path / TRIALS_DIR
+        if family:
+            fams = [family]
+        else:
+            fams = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         for fam in fams:
             for f in sorted((root / fam).glob(f"*/{TRIAL_FILE}")):
                 yield TrialRecord.from_dict(json.loads(f.read_text()))

@@ -12,7 +12,6 @@ whose record is already final when Tune restarts it (a snapshot older than the r
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,14 +24,13 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from dvt_search.rundir.layout import TRIAL_FILE, RunDir, TrialRecord
+from dvt_search.fsutil import atomic_directory
+from dvt_search.rundir import FINAL, RunDir, TrialRecord
 
 log = logging.getLogger(__name__)
 
 #: Result key holding the path of the epoch's checkpoint (the key ``TuneReportCallback`` uses too).
 CHECKPOINT_KEY = "checkpoint_path"
-#: Record statuses a trial cannot leave.
-FINAL = ("completed", "stopped")
 
 #: Keys Tune (or TuneReportCallback) adds to a result that are not the family's metrics.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
@@ -58,9 +56,6 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def copy_checkpoint(src: str | Path, dst: Path) -> None:
     """Copy a checkpoint directory to ``dst`` atomically (hard links when on the same filesystem)."""
-    src = Path(src)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
 
     def link_or_copy(s: str, d: str) -> None:
         try:
@@ -68,10 +63,8 @@ def copy_checkpoint(src: str | Path, dst: Path) -> None:
         except OSError:
             shutil.copy2(s, d)
 
-    shutil.copytree(src, tmp, copy_function=link_or_copy)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    with atomic_directory(dst) as tmp:
+        shutil.copytree(Path(src), tmp, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
 class RecordsCallback(Callback):
@@ -119,9 +112,9 @@ class RecordsCallback(Callback):
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def _record(self, trial: Any) -> TrialRecord:
-        f = self.run.trial_dir(self.family, trial.trial_id) / TRIAL_FILE
-        if f.is_file():
-            return TrialRecord.from_dict(json.loads(f.read_text()))
+        rec = self.run.read_trial(self.family, trial.trial_id)
+        if rec is not None:
+            return rec
         cfg = trial.config
         return TrialRecord(
             trial_id=trial.trial_id,

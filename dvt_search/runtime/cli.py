@@ -6,6 +6,7 @@ Only argument parsing lives here; Ray, torch and Optuna are imported inside the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -53,11 +54,24 @@ def register(subparsers: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, metavar="MANIFEST", help="manifest (.parquet or .csv)")
+    p.add_argument(
+        "--data",
+        dest="manifest",
+        required=True,
+        type=Path,
+        metavar="MANIFEST",
+        help="manifest (.parquet or .csv)",
+    )
     p.add_argument(
         "--splits", type=Path, help="splits.json (default: create seeded splits in the run directory)"
     )
-    p.add_argument("--family", default="all", help="all, or family names separated by commas (default: all)")
+    p.add_argument(
+        "--family",
+        dest="families",
+        type=lambda s: [s],
+        default=["all"],
+        help="all, or family names separated by commas (default: all)",
+    )
     p.add_argument("--trials", type=int, help="trials per family (default: 10; --resume: the run's)")
     p.add_argument(
         "--max-epochs", type=int, help="epoch budget of a full trial (default: 10; --resume: the run's)"
@@ -105,7 +119,11 @@ def register(subparsers: Any) -> None:
         "--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default: tpe)"
     )
     p.add_argument(
-        "--tpe-startup", type=int, default=10, help="random trials before TPE models (default: 10)"
+        "--tpe-startup",
+        dest="startup_trials",
+        type=int,
+        default=10,
+        help="random trials before TPE models (default: 10)",
     )
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default: 3)")
@@ -122,9 +140,15 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--space-dir", type=Path, default=Path("search_spaces"), help="search-space YAML directory"
     )
-    p.add_argument("--no-sift-cache", action="store_true", help="extract SIFT descriptors in every trial")
+    p.add_argument(
+        "--no-sift-cache",
+        dest="sift_cache",
+        action="store_false",
+        help="extract SIFT descriptors in every trial",
+    )
     p.add_argument(
         "--plugin",
+        dest="plugins",
         action="append",
         default=[],
         metavar="MODULE",
@@ -135,8 +159,20 @@ def register(subparsers: Any) -> None:
         default="127.0.0.1",
         help="bind the local Ray dashboard here (default 127.0.0.1; anything else exposes it, with a warning)",
     )
-    p.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    p.add_argument("--progress-every", type=float, default=30.0, metavar="S", help="progress line period (s)")
+    p.add_argument(
+        "--no-dashboard",
+        dest="include_dashboard",
+        action="store_false",
+        help="do not start the Ray dashboard",
+    )
+    p.add_argument(
+        "--progress-every",
+        dest="progress_every_s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="progress line period (s)",
+    )
     p.set_defaults(func=_handle)
 
 
@@ -153,40 +189,8 @@ def _handle(args: argparse.Namespace) -> int:
         if value is not None and value < low:
             print(f"dvt-search search: {flag} must be >= {low}, got {value}", file=sys.stderr)
             return 2
-    opts = SearchOptions(
-        manifest=args.data,
-        storage=args.storage,
-        families=[args.family],
-        trials=args.trials,
-        max_epochs=args.max_epochs,
-        splits=args.splits,
-        name=args.name,
-        resume=args.resume,
-        address=args.address,
-        size=args.size,
-        windows=args.windows,
-        augment=args.augment,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        train_workers=args.train_workers,
-        trainer=args.trainer,
-        loader_workers=args.loader_workers,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
-        scheduler=args.scheduler,
-        sampler=args.sampler,
-        startup_trials=args.tpe_startup,
-        max_failures=args.max_failures,
-        keep_checkpoints=args.keep_checkpoints,
-        max_concurrent=args.max_concurrent,
-        seed=args.seed,
-        space_dir=args.space_dir,
-        sift_cache=not args.no_sift_cache,
-        plugins=list(args.plugin),
-        dashboard_host=args.dashboard_host,
-        include_dashboard=not args.no_dashboard,
-        progress_every_s=args.progress_every,
-    )
+    # argparse destinations are SearchOptions' field names: one step, no field-by-field copy
+    opts = SearchOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchOptions)})
     try:
         run_search(opts)
     except (RunError, KeyError, ValueError, FileNotFoundError) as exc:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,11 +110,14 @@ def _sees(path: str) -> bool:
     return os.path.exists(path)
 
 
-def check_shared_storage(storage: Path) -> list[str]:
-    """Warn (and return the node ids) when a node of the cluster cannot see ``storage``.
+def check_shared_storage(marker: Path) -> list[str]:
+    """Warn (and return the node ids) when a node of the cluster cannot see ``marker``'s directory.
 
-    Object-store URIs (``s3://``, ``gs://``, ...) are shared by construction and not checked.
+    ``marker`` is a probe file path inside the run directory (:meth:`dvt_search.rundir.RunDir.storage_probe`);
+    it is written here and removed afterwards. Object-store URIs (``s3://``, ``gs://``, ...) are shared by
+    construction and not checked.
     """
+    storage = Path(marker).parent
     if "://" in str(storage):
         return []
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -123,7 +125,7 @@ def check_shared_storage(storage: Path) -> list[str]:
         return []
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    marker = Path(storage) / f".dvt-shared-check-{uuid.uuid4().hex}"
+    marker = Path(marker)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("dvt-search shared storage check\n")
     try:

@@ -1,4 +1,11 @@
-"""The options of ``dvt-search search`` and their resolution (plain data, no Ray)."""
+"""The options of ``dvt-search search`` and their resolution into the run's config (plain data, no Ray).
+
+:class:`SearchOptions` is what one invocation asked for: its field names are the command line's
+destinations, so the CLI fills it in one step. A fresh run turns it into the frozen
+:class:`~dvt_search.rundir.config.RunConfig` once (:func:`run_config`); a resumed run never does: it
+reloads the config from ``run.json`` and uses the options only for what belongs to this session (where to
+connect, the dashboard, progress lines, a concurrency cap).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from dvt_search import families
+from dvt_search.data.spec import InputSpec
+from dvt_search.rundir.config import (
+    BudgetConfig,
+    DataConfig,
+    ResourceConfig,
+    RunConfig,
+    SchedulerConfig,
+    SearcherConfig,
+)
 
-from .setup import TRAINERS
+TRAINERS = ("auto", "direct", "ray-train")
+DEFAULT_TRIALS = 10
+DEFAULT_MAX_EPOCHS = 10
 
 
 class RunError(RuntimeError):
@@ -17,7 +35,13 @@ class RunError(RuntimeError):
 
 @dataclass
 class SearchOptions:
-    """Everything ``dvt-search search`` takes (see ``dvt-search search --help``)."""
+    """Everything ``dvt-search search`` takes (see ``dvt-search search --help``).
+
+    Run-defining fields (saved in ``run.json`` through :func:`run_config`): families, trials, max_epochs,
+    splits, size, windows, augment, resources, scheduler, sampler, failures, checkpoints, seed,
+    sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
+    space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s.
+    """
 
     manifest: Path
     storage: Path
@@ -74,3 +98,38 @@ def resolve_trainer(opts: SearchOptions) -> str:
     if opts.trainer != "auto":
         return opts.trainer
     return "ray-train" if opts.train_workers > 1 or opts.gpus_per_trial > 0 else "direct"
+
+
+def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
+    """The frozen configuration of a fresh run started with ``opts`` over the families ``fams``."""
+    return RunConfig(
+        families=tuple(fams),
+        seed=int(opts.seed),
+        data=DataConfig(
+            manifest=str(Path(opts.manifest).resolve()),
+            input=InputSpec(int(opts.size), opts.windows),
+            augment=dict(opts.augment),
+            splits_source=str(opts.splits) if opts.splits else None,
+        ),
+        budget=BudgetConfig(
+            trials_per_family=int(opts.trials or DEFAULT_TRIALS),
+            max_epochs=int(opts.max_epochs or DEFAULT_MAX_EPOCHS),
+        ),
+        scheduler=SchedulerConfig(
+            type=opts.scheduler,
+            grace_period=int(opts.grace_period),
+            reduction_factor=float(opts.reduction_factor),
+        ),
+        searcher=SearcherConfig(sampler=opts.sampler, startup_trials=int(opts.startup_trials)),
+        resources=ResourceConfig(
+            cpus_per_trial=float(opts.cpus_per_trial),
+            gpus_per_trial=float(opts.gpus_per_trial),
+            train_workers=int(opts.train_workers),
+            trainer=resolve_trainer(opts),
+            loader_workers=int(opts.loader_workers),
+        ),
+        max_failures=int(opts.max_failures),
+        keep_checkpoints=int(opts.keep_checkpoints),
+        sift_cache=bool(opts.sift_cache),
+        plugins=tuple(opts.plugins),
+    )

@@ -19,43 +19,43 @@ import ray
 from dvt_search import families
 from dvt_search.search.space import SearchSpace
 
-from .setup import TrialSetup, datasets
+from .setup import TrialContext, datasets
 
 log = logging.getLogger(__name__)
 
 _SIFT_KNOBS = ("sift_", "dense")
 
 
-def _extract(setup_dict: dict[str, Any], params: dict[str, Any], n_jobs: int) -> dict[str, Any]:
+def _extract(ref: dict[str, Any], params: dict[str, Any], n_jobs: int) -> dict[str, Any]:
     import joblib
 
     from dvt_search.families.sift_features import SiftParams, extract_descriptors
 
-    setup = TrialSetup.from_dict(setup_dict)
-    data = datasets(setup)
+    ctx = TrialContext.load(ref)
+    data = datasets(ctx)
     sift = SiftParams.from_family_params(params)
     counts = {}
     # Threads, not loky processes: OpenCV releases the GIL, and loky's resource tracker misbehaves
     # inside Ray worker processes.
     with joblib.parallel_config(backend="threading"):
         for part in ("train", "val"):
-            desc, _ = extract_descriptors(data[part], sift, setup.cache_dir, n_jobs)
+            desc, _ = extract_descriptors(data[part], sift, ctx.cache_dir, n_jobs)
             counts[part] = int(len(desc))
     return counts
 
 
-def prewarm_sift(setup: TrialSetup, space: SearchSpace, cluster_cpus: float, max_jobs: int = 16) -> None:
+def prewarm_sift(ctx: TrialContext, space: SearchSpace, cluster_cpus: float, max_jobs: int = 16) -> None:
     """Fill the SIFT descriptor cache for the space's default SIFT settings (train and val partitions)."""
-    params = families.get(setup.family).resolve_params(dict(space.fixed))
+    params = families.get(ctx.family).resolve_params(dict(space.fixed))
     searched = [p.name for p in space.params if p.name.startswith(_SIFT_KNOBS)]
     if searched:
         log.info("SIFT settings %s are searched: pre-warming only the default/fixed settings", searched)
     n_jobs = int(max(1, min(max_jobs, cluster_cpus)))
     t0 = time.perf_counter()
     task = ray.remote(num_cpus=n_jobs)(_extract)
-    counts = ray.get(task.remote(setup.to_dict(), params, n_jobs))
+    counts = ray.get(task.remote(ctx.ref(), params, n_jobs))
     print(
-        f"[{setup.family}] SIFT descriptor cache ready in {time.perf_counter() - t0:.1f}s "
+        f"[{ctx.family}] SIFT descriptor cache ready in {time.perf_counter() - t0:.1f}s "
         f"({counts['train']} train / {counts['val']} val descriptors, {n_jobs} process(es))",
         flush=True,
     )

@@ -1,112 +1,139 @@
-"""What every trial of a family needs besides its hyperparameters (plain data, no Ray).
+"""What every trial of a family needs besides its hyperparameters, derived from the run (plain data, no Ray).
 
-:class:`TrialSetup` travels inside each trial's Tune config (``config["run"]``); it is a handful of
-strings and numbers, so Tune's experiment snapshot stays small and a resumed driver rebuilds identical
-trials. Datasets are never shipped: each worker process opens them from the shared filesystem (volume
-``.npy`` files are memory-mapped, so trials on one node share the page cache) and keeps them in a
-per-process cache keyed by everything that defines them.
+Nothing is copied into the trials: Tune's config of each trial carries only ``{"run_dir", "family"}``
+(:meth:`TrialContext.ref`), and every process that runs a trial — a Tune trial actor, a Ray Train worker,
+the SIFT pre-warm task — rebuilds the same :class:`TrialContext` from the run's ``run.json`` on the shared
+storage: the frozen :class:`~dvt_search.rundir.config.RunConfig`, the training partition's data spec, and
+the family's own answer to what one of its trials needs (:meth:`~dvt_search.families.base.Family.trial_needs`).
+So Tune's experiment snapshot stays small and a resumed driver rebuilds identical trials.
+
+Datasets are never shipped: each process opens them from the shared filesystem (volume ``.npy`` files are
+memory-mapped, so trials on one node share the page cache) and keeps them in a per-process cache keyed by
+everything that defines them.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-TRAINERS = ("auto", "direct", "ray-train")
+from dvt_search import families
+from dvt_search.data.spec import DataSpec
+from dvt_search.families.base import Family, TrialNeeds
+from dvt_search.rundir import RunConfig, RunDir
 
 
-@dataclass(frozen=True)
-class TrialSetup:
-    """Per-family, per-run trial settings.
-
-    Attributes:
-        family: registered family name.
-        kind: the family's kind (``torch`` or ``classic``).
-        manifest: absolute path of the manifest.
-        splits: absolute path of the run's ``splits.json``.
-        size: network input side.
-        windows: HU windows ``[[level, width], ...]``.
-        seed: data/augmentation seed.
-        augment: :class:`~dvt_search.data.augment.Augment` fields for the training set (``{}`` = none).
-        budget: epochs of a full trial (``max_epochs``; 1 for one-shot classic families).
-        spec: the :class:`~dvt_search.families.base.DataSpec` as a dict (computed once by the driver).
-        cache_dir: shared cache directory (SIFT descriptors).
-        use_cache: whether classic families may use ``cache_dir``.
-        trainer: ``direct`` (engine inside the Tune trial) or ``ray-train`` (TorchTrainer DDP).
-        workers: Ray Train workers per trial (``ray-train`` only).
-        cpus: CPUs per trial (direct) or per Train worker (``ray-train``).
-        gpus: GPUs per trial (direct; fractional allowed) or per Train worker.
-        loader_workers: DataLoader worker processes per training process.
-        train_storage: where trials keep their checkpoints (``<run>/train/<family>``: one directory per
-            trial; for ``ray-train`` trials the Train run of that name).
-        keep_checkpoints: best checkpoints a trial keeps besides its latest (by ``val_auc``).
-        plugins: modules imported in every trial before the family lookup (extra families).
-        run_dir: the run directory (trials read their own record there).
-    """
-
-    family: str
-    kind: str
-    manifest: str
-    splits: str
-    size: int
-    windows: list[list[float]]
-    seed: int
-    budget: int
-    spec: dict[str, Any]
-    augment: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str = ""
-    use_cache: bool = True
-    trainer: str = "direct"
-    workers: int = 1
-    cpus: float = 1.0
-    gpus: float = 0.0
-    loader_workers: int = 0
-    train_storage: str = ""
-    keep_checkpoints: int = 2
-    plugins: list[str] = field(default_factory=list)
-    run_dir: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialSetup:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @property
-    def data_key(self) -> tuple[Any, ...]:
-        """Everything that defines the datasets (the per-process cache key)."""
-        aug = tuple(sorted((k, repr(v)) for k, v in self.augment.items()))
-        return (self.manifest, self.splits, self.size, tuple(map(tuple, self.windows)), aug, self.seed)
-
-
-def import_plugins(modules: list[str]) -> None:
+def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
     """Import plug-in modules (each registers its families on import)."""
     for name in modules:
         importlib.import_module(name)
 
 
+def trial_needs(family: type[Family], config: RunConfig) -> TrialNeeds:
+    """The family's answer for this run's budget and resource options."""
+    res = config.resources
+    return family.trial_needs(
+        max_epochs=config.budget.max_epochs,
+        cpus=res.cpus_per_trial,
+        gpus=res.gpus_per_trial,
+        train_workers=res.train_workers,
+        trainer=res.trainer,
+    )
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """One family's trial settings in one run (derived; see the module docstring).
+
+    Attributes:
+        run: the run directory.
+        family: registered family name.
+        config: the run's frozen configuration.
+        spec: the training partition's :class:`DataSpec` (``None`` before the driver computed it).
+        needs: what one trial of the family needs (budget, trainer, workers, resources, actor reuse).
+    """
+
+    run: RunDir
+    family: str
+    config: RunConfig
+    spec: DataSpec | None
+    needs: TrialNeeds
+
+    @classmethod
+    def derive(
+        cls, run: RunDir, family: str, config: RunConfig, spec: Mapping[str, Any] | None
+    ) -> TrialContext:
+        """The context of ``family`` in a run with ``config`` (plugins must be imported already)."""
+        fam = families.get(family)
+        return cls(run, family, config, DataSpec.from_dict(spec) if spec else None, trial_needs(fam, config))
+
+    @classmethod
+    def load(cls, ref: Mapping[str, Any]) -> TrialContext:
+        """Rebuild the context in a trial process from :meth:`ref` (reads ``run.json``, imports plugins)."""
+        run = RunDir(ref["run_dir"])
+        info = run.read_info()
+        import_plugins(info.config.plugins)
+        return cls.derive(run, str(ref["family"]), info.config, info.state.spec)
+
+    def ref(self) -> dict[str, str]:
+        """What travels in each trial's Tune config (``config["run"]``)."""
+        return {"run_dir": str(self.run.path), "family": self.family}
+
+    # --- paths and settings the trial uses ----------------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        return self.needs.budget
+
+    @property
+    def ray_train(self) -> bool:
+        """Whether trials run a Ray Train ``TorchTrainer`` (DDP workers) rather than train in place."""
+        return self.needs.trainer == "ray-train"
+
+    @property
+    def train_storage(self) -> Path:
+        """Where trials keep their checkpoints: one store per trial (for ``ray-train``: the Train run)."""
+        return self.run.train_dir(self.family)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.run.cache_dir
+
+    def fit_options(self, device: str) -> dict[str, Any]:
+        """The family's ``Model.fit`` keyword arguments inside a trial."""
+        return families.get(self.family).fit_options(
+            device=device, cpus=self.needs.cpus, use_cache=self.config.sift_cache
+        )
+
+    @property
+    def data_key(self) -> tuple[Any, ...]:
+        """Everything that defines the datasets (the per-process cache key)."""
+        d = self.config.data
+        aug = tuple(sorted((k, repr(v)) for k, v in d.augment.items()))
+        return (d.manifest, str(self.run.splits_file), d.input, aug, self.config.seed)
+
+
 _DATA: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def datasets(setup: TrialSetup) -> dict[str, Any]:
-    """The ``train``/``val``/``test`` datasets of ``setup``, opened once per process."""
-    key = setup.data_key
+def datasets(ctx: TrialContext) -> dict[str, Any]:
+    """The ``train``/``val``/``test`` datasets of the run, opened once per process."""
+    key = ctx.data_key
     if key not in _DATA:
         from dvt_search.data.augment import Augment
         from dvt_search.data.dataset import build_datasets
 
-        augment = Augment(**setup.augment) if setup.augment else None
+        d = ctx.config.data
+        augment = Augment(**d.augment) if d.augment else None
         _DATA.clear()  # one run per process: drop datasets of an earlier family/run
         _DATA[key] = build_datasets(
-            setup.manifest,
-            setup.splits,
-            size=setup.size,
-            windows=setup.windows,
+            d.manifest,
+            ctx.run.splits_file,
+            size=d.input.image_size,
+            windows=d.input.windows,
             augment=augment,
-            seed=setup.seed,
+            seed=ctx.config.seed,
         )
     return _DATA[key]

@@ -26,7 +26,6 @@ driver killed before Tune's next experiment snapshot restores it as unfinished.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
@@ -38,12 +37,11 @@ import ray.util
 from ray.tune import Checkpoint
 
 from dvt_search import families
-from dvt_search.families.base import DataSpec, EpochReport, FitData, Model
-from dvt_search.rundir.layout import RunDir
+from dvt_search.families.base import EpochReport, FitData, Model
 
-from .callbacks import CHECKPOINT_KEY, FINAL, TrainGroupReaper
+from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
-from .setup import TrialSetup, datasets, import_plugins
+from .setup import TrialContext, datasets
 
 log = logging.getLogger(__name__)
 
@@ -65,37 +63,27 @@ def _quiet_checkpoint_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _final_record(setup: TrialSetup, trial_id: str) -> dict[str, Any] | None:
-    """The trial's record when the run's records say it already ended (completed or stopped), else ``None``."""
-    f = RunDir(setup.run_dir).trial_dir(setup.family, trial_id) / "trial.json"
-    try:
-        rec = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if rec.get("status") in FINAL else None
-
-
 def _build_or_resume(
-    family: type, params: Mapping[str, Any], setup: TrialSetup, checkpoint: Path | None
+    family: type, params: Mapping[str, Any], ctx: TrialContext, checkpoint: Path | None
 ) -> Model:
     if checkpoint is not None:
         return family.load(checkpoint)
+    if ctx.spec is None:
+        raise RuntimeError(f"{ctx.run.run_file}: no data spec recorded; the driver computes it before trials")
     values = dict(params)
     if "max_epochs" in family.default_params() and "max_epochs" not in values:
-        values["max_epochs"] = setup.budget  # LR-schedule horizon = the search budget
-    return family.build(values, DataSpec.from_dict(setup.spec))
+        values["max_epochs"] = ctx.budget  # LR-schedule horizon = the search budget
+    return family.build(values, ctx.spec)
 
 
-def _fit_kwargs(setup: TrialSetup) -> dict[str, Any]:
-    if setup.kind == "torch":
-        return {"device": "cuda" if setup.gpus > 0 else "cpu"}
-    return {"n_jobs": max(1, int(setup.cpus)), "use_cache": setup.use_cache}
-
-
-def _fit_data(setup: TrialSetup) -> FitData:
-    data = datasets(setup)
-    cache = Path(setup.cache_dir) if setup.cache_dir else None
-    return FitData(train=data["train"], val=data["val"], cache_dir=cache, num_workers=setup.loader_workers)
+def _fit_data(ctx: TrialContext) -> FitData:
+    data = datasets(ctx)
+    return FitData(
+        train=data["train"],
+        val=data["val"],
+        cache_dir=ctx.cache_dir,
+        num_workers=ctx.config.resources.loader_workers,
+    )
 
 
 def _epoch_callback(sink: EpochSink):
@@ -110,30 +98,30 @@ def _epoch_callback(sink: EpochSink):
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of every family (``config = {"params", "optuna_number", "run"}``)."""
-    setup = TrialSetup.from_dict(config["run"])
-    import_plugins(setup.plugins)
+    ctx = TrialContext.load(config["run"])
     _quiet_checkpoint_logs()
     trial_id = ray.tune.get_context().get_trial_id()
-    final = _final_record(setup, trial_id)
-    if final is not None:  # Tune needs a result from every trial: repeat the recorded last epoch
+    final = ctx.run.read_trial(ctx.family, trial_id)
+    if final is not None and final.final:  # Tune needs a result from every trial: repeat the last epoch
         log.warning(
             "trial %s had already finished before the driver was restarted; not re-running it", trial_id
         )
-        ray.tune.report({**final["last"], EPOCH_KEY: final["epochs"]})
+        ray.tune.report({**final.last, EPOCH_KEY: final.epochs})
         return
-    if setup.kind == "torch" and setup.trainer == "ray-train":
-        _run_ray_train(config, setup, trial_id)
+    if ctx.ray_train:
+        _run_ray_train(config, ctx, trial_id)
         return
-    _limit_threads(setup.cpus)
-    family = families.get(setup.family)
-    store = TrialCheckpoints(Path(setup.train_storage) / trial_id, keep=setup.keep_checkpoints)
-    model = _build_or_resume(family, config["params"], setup, store.latest())
+    _limit_threads(ctx.needs.cpus)
+    family = families.get(ctx.family)
+    store = TrialCheckpoints(ctx.train_storage / trial_id, keep=ctx.config.keep_checkpoints)
+    model = _build_or_resume(family, config["params"], ctx, store.latest())
 
     def sink(metrics: dict[str, float], model: Model) -> None:
         path = store.save(model, int(metrics[EPOCH_KEY]), metrics)
         ray.tune.report({**metrics, CHECKPOINT_KEY: str(path)})
 
-    model.fit(_fit_data(setup), setup.budget, _epoch_callback(sink), **_fit_kwargs(setup))
+    device = "cuda" if ctx.needs.gpus > 0 else "cpu"
+    model.fit(_fit_data(ctx), ctx.budget, _epoch_callback(sink), **ctx.fit_options(device))
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -141,16 +129,15 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    setup = TrialSetup.from_dict(config["run"])
-    import_plugins(setup.plugins)
+    ctx = TrialContext.load(config["run"])
     _quiet_checkpoint_logs()
-    _limit_threads(setup.cpus)
+    _limit_threads(ctx.needs.cpus)
     rank = ray.train.get_context().get_world_rank()
-    family = families.get(setup.family)
+    family = families.get(ctx.family)
     with tempfile.TemporaryDirectory(prefix="dvt-resume-") as tmp:
         checkpoint = ray.train.get_checkpoint()
         model = _build_or_resume(
-            family, config["params"], setup, Path(checkpoint.to_directory(tmp)) if checkpoint else None
+            family, config["params"], ctx, Path(checkpoint.to_directory(tmp)) if checkpoint else None
         )
     group = ray.util.get_current_placement_group()
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
@@ -166,8 +153,8 @@ def train_worker(config: dict[str, Any]) -> None:
             )
 
     model.fit(
-        _fit_data(setup),
-        setup.budget,
+        _fit_data(ctx),
+        ctx.budget,
         _epoch_callback(sink),
         device=ray.train.torch.get_device(),
         prepare_model=ray.train.torch.prepare_model,
@@ -176,27 +163,28 @@ def train_worker(config: dict[str, Any]) -> None:
     )
 
 
-def _run_ray_train(config: dict[str, Any], setup: TrialSetup, trial_id: str) -> None:
+def _run_ray_train(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    resources = {"CPU": float(setup.cpus)}
-    if setup.gpus > 0:
-        resources["GPU"] = float(setup.gpus)
+    needs = ctx.needs
+    resources = {"CPU": float(needs.cpus)}
+    if needs.gpus > 0:
+        resources["GPU"] = float(needs.gpus)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"run": config["run"], "params": config["params"]},
-        torch_config=TorchConfig(backend="nccl" if setup.gpus > 0 else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if needs.gpus > 0 else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=setup.workers, use_gpu=setup.gpus > 0, resources_per_worker=resources
+            num_workers=needs.workers, use_gpu=needs.gpus > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=trial_id,
-            storage_path=setup.train_storage,
+            storage_path=str(ctx.train_storage),
             callbacks=[TuneReportCallback()],
             checkpoint_config=CheckpointConfig(
-                num_to_keep=setup.keep_checkpoints,
+                num_to_keep=ctx.config.keep_checkpoints,
                 checkpoint_score_attribute="val_auc",
                 checkpoint_score_order="max",
             ),

@@ -20,70 +20,59 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from dvt_search.families.base import TrialNeeds
+from dvt_search.rundir.config import SchedulerConfig
 from dvt_search.search.space import SearchSpace
 
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .searcher import OptunaStudySearcher, close_unfinished
-from .setup import TrialSetup
+from .setup import TrialContext
 from .trainable import run_trial
 
 log = logging.getLogger(__name__)
 
-METRIC, MODE = "val_auc", "max"
-JOURNAL_FILE = "optuna.journal"
-
 
 @dataclass(frozen=True)
-class TuneSettings:
-    """Search settings shared by every family of a run."""
+class SessionSettings:
+    """What this driver session adds to the run's config for one family's experiment (never saved)."""
 
-    trials: int
-    max_failures: int = 2
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-    scheduler: str = "asha"
-    sampler: str = "tpe"
-    startup_trials: int = 10
-    seed: int = 0
     max_concurrent: int = 1
     progress_every_s: float = 30.0
 
 
-def trial_resources(setup: TrialSetup) -> dict[str, float]:
+def trial_resources(needs: TrialNeeds) -> dict[str, float]:
     """What one Tune trial reserves (see the module docstring)."""
-    if setup.kind == "torch" and setup.trainer == "ray-train":
+    if needs.trainer == "ray-train":
         # Tune rejects an all-zero request; one byte of "memory" reserves nothing that matters and
         # leaves every CPU/GPU to the Train workers (Ray's docs use a tiny custom resource instead).
         return {"memory": 1.0}
-    res = {"CPU": float(setup.cpus)}
-    if setup.gpus > 0:
-        res["GPU"] = float(setup.gpus)
+    res = {"CPU": float(needs.cpus)}
+    if needs.gpus > 0:
+        res["GPU"] = float(needs.gpus)
     return res
 
 
-def reserved(setup: TrialSetup) -> tuple[float, float]:
-    """CPUs and GPUs a trial holds in total (all its Train workers together)."""
-    n = setup.workers if setup.kind == "torch" and setup.trainer == "ray-train" else 1
-    return setup.cpus * n, setup.gpus * n
+def scheduler_name(config: SchedulerConfig, budget: int) -> str:
+    """The scheduler a family's experiment actually uses (one-shot families run FIFO)."""
+    return "fifo" if budget <= 1 else config.type
 
 
-def _scheduler(settings: TuneSettings, budget: int) -> Any:
-    if settings.scheduler == "fifo" or budget <= 1:
+def _scheduler(config: SchedulerConfig, budget: int) -> Any:
+    if config.type == "fifo" or budget <= 1:
         return FIFOScheduler()
-    if settings.scheduler != "asha":
-        raise ValueError(f"unknown scheduler {settings.scheduler!r}; expected asha or fifo")
+    if config.type != "asha":
+        raise ValueError(f"unknown scheduler {config.type!r}; expected asha or fifo")
     return ASHAScheduler(
-        time_attr="epoch",
+        time_attr=config.time_attr,
         max_t=budget,
-        grace_period=max(1, min(settings.grace_period, budget)),
-        reduction_factor=settings.reduction_factor,
+        grace_period=max(1, min(config.grace_period, budget)),
+        reduction_factor=config.reduction_factor,
     )
 
 
@@ -92,74 +81,78 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(setup: TrialSetup) -> Any:
-    return tune.with_resources(run_trial, trial_resources(setup))
+def _trainable(needs: TrialNeeds) -> Any:
+    return tune.with_resources(run_trial, trial_resources(needs))
 
 
-def run_family(
-    run_path: Path, space: SearchSpace, setup: TrialSetup, settings: TuneSettings
-) -> tune.ResultGrid:
-    """Run (or resume) one family's search until it holds ``settings.trials`` finished trials.
+def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) -> tune.ResultGrid:
+    """Run (or resume) one family's search until it holds the run's trials per family.
 
     After Tune returns, Optuna trials still RUNNING (errored trials) are told FAIL.
     """
-    family = setup.family
-    exp_path = run_path / "tune" / family
-    journal = run_path / JOURNAL_FILE
-    param_space = {"run": setup.to_dict()}
+    family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
+    exp_path = run.tune_dir(family)
+    journal = run.journal
+    trials = cfg.budget.trials_per_family
+    param_space = {"run": ctx.ref()}
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)
         tuner = tune.Tuner.restore(
             str(exp_path),
-            trainable=_trainable(setup),
+            trainable=_trainable(needs),
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space,
         )
     else:
-        cpus, gpus = reserved(setup)
         searcher = OptunaStudySearcher(
             space,
             journal,
-            num_samples=settings.trials,
-            budget=setup.budget,
-            metric=METRIC,
-            mode=MODE,
-            seed=settings.seed,
-            sampler=settings.sampler,
-            startup_trials=settings.startup_trials,
+            num_samples=trials,
+            budget=ctx.budget,
+            metric=cfg.metric,
+            mode=cfg.mode,
+            seed=cfg.seed,
+            sampler=cfg.searcher.sampler,
+            startup_trials=cfg.searcher.startup_trials,
         )
         callbacks = [
             RecordsCallback(
-                run_path, family, budget=setup.budget, metric=METRIC, mode=MODE, cpus=cpus, gpus=gpus
+                run.path,
+                family,
+                budget=ctx.budget,
+                metric=cfg.metric,
+                mode=cfg.mode,
+                cpus=needs.total_cpus,
+                gpus=needs.total_gpus,
             ),
             ProgressCallback(
                 family,
-                settings.trials,
-                budget=setup.budget,
-                metric=METRIC,
-                mode=MODE,
-                every_s=settings.progress_every_s,
+                trials,
+                budget=ctx.budget,
+                metric=cfg.metric,
+                mode=cfg.mode,
+                every_s=session.progress_every_s,
             ),
             TrainGroupReaper(),
         ]
         tuner = tune.Tuner(
-            _trainable(setup),
+            _trainable(needs),
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=METRIC,
-                mode=MODE,
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(1, settings.max_concurrent)),
-                scheduler=_scheduler(settings, setup.budget),
-                num_samples=settings.trials,
-                reuse_actors=setup.kind != "torch",
+                metric=cfg.metric,
+                mode=cfg.mode,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(1, session.max_concurrent)),
+                scheduler=_scheduler(cfg.scheduler, ctx.budget),
+                num_samples=trials,
+                reuse_actors=needs.reuse_actors,
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=family,
-                storage_path=str(run_path / "tune"),
+                storage_path=str(run.tune_root),
                 # Trials keep their own checkpoints (see .checkpoints): none go through Tune.
-                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                 callbacks=callbacks,
                 verbose=0,
             ),

@@ -38,7 +38,6 @@ from dvt_search import families
 from dvt_search.fsutil import atomic_write_text
 
 #: Directory (inside a run directory) where snapshots of the searched spaces are written.
-SNAPSHOT_DIR = "search_spaces"
 TYPES = ("float", "int", "categorical")
 _FIELDS = {
     "float": {"type", "low", "high", "log", "step", "when"},
@@ -306,17 +305,16 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     return {**dict(space.fixed), **values}
 
 
-def write_snapshot(space: SearchSpace, run_dir: str | Path) -> Path:
-    """Write the space into ``<run_dir>/search_spaces/<family>.yaml`` (the source text, verbatim)."""
+def write_snapshot(space: SearchSpace, path: str | Path) -> Path:
+    """Write the space to ``path`` (a run's snapshot: the source text, verbatim)."""
     text = space.text or yaml.safe_dump(space_to_doc(space), sort_keys=False)
-    out = Path(run_dir) / SNAPSHOT_DIR / f"{space.family}.yaml"
-    atomic_write_text(out, text)
-    return out
+    atomic_write_text(path, text)
+    return Path(path)
 
 
-def load_snapshot(run_dir: str | Path, family: str) -> SearchSpace:
+def load_snapshot(path: str | Path, family: str) -> SearchSpace:
     """The space a run searched (what ``--resume`` uses, so a later edit of the file cannot mix in)."""
-    return load_space(Path(run_dir) / SNAPSHOT_DIR / f"{family}.yaml", family=family)
+    return load_space(Path(path), family=family)
 
 
 def space_to_doc(space: SearchSpace) -> dict[str, Any]:

@@ -25,15 +25,11 @@ import pandas as pd
 from dvt_search.data.dataset import SliceDataset, build_datasets
 from dvt_search.data.splits import Splits, load_splits
 from dvt_search.rundir.layout import RunDir, RunInfo
-from dvt_search.selection.leaderboard import write_frame
 from dvt_search.selection.models import load_checkpoint, torch_module
 from dvt_search.selection.selector import Winner
 
 log = logging.getLogger(__name__)
 
-SPLITS_FILE = "splits.json"
-VAL_PREDICTIONS = "val_predictions.parquet"
-TEST_PREDICTIONS = "test_predictions.parquet"
 PREDICTION_COLUMNS = ("family", "trial_id", "row", "patient_id", "scan_id", "slice_index", "label", "score")
 
 
@@ -49,28 +45,31 @@ def resolve_manifest(run_path: Path, info: RunInfo, override: str | os.PathLike[
         if not path.is_file():
             raise SelectionError(f"{path}: manifest not found")
         return path
+    record = RunDir(run_path).run_file
     if not info.manifest:
-        raise SelectionError(f"{run_path}/run.json names no manifest; pass --manifest")
+        raise SelectionError(f"{record} names no manifest; pass --manifest")
     for cand in (Path(info.manifest), run_path / info.manifest):
         if cand.is_file():
             return cand
     raise SelectionError(
-        f"{run_path}/run.json: manifest {info.manifest!r} not found (moved or on another machine?); "
+        f"{record}: manifest {info.manifest!r} not found (moved or on another machine?); "
         "pass --manifest PATH to the same data"
     )
 
 
 def verify_splits(run_path: Path, info: RunInfo, manifest_df: pd.DataFrame) -> Splits:
     """Load the run's ``splits.json`` against the manifest and check its hash equals ``run.json``'s."""
-    path = run_path / SPLITS_FILE
+    run = RunDir(run_path)
+    path = run.splits_file
     if not path.is_file():
         raise SelectionError(f"{path}: the run holds no copy of its splits")
     splits = load_splits(path, manifest_df=manifest_df)
     if not info.splits_hash:
-        raise SelectionError(f"{run_path}/run.json records no splits_hash; cannot verify the test partition")
+        raise SelectionError(f"{run.run_file} records no splits_hash; cannot verify the test partition")
     if splits.hash != info.splits_hash:
         raise SelectionError(
-            f"{path}: splits hash {splits.hash[:12]}... differs from run.json's {info.splits_hash[:12]}...; "
+            f"{path}: splits hash {splits.hash[:12]}... differs from the run record's "
+            f"{info.splits_hash[:12]}...; "
             "the test partition may not be the one held out during the search"
         )
     return splits
@@ -136,7 +135,7 @@ def predict_winners(
         model = load_checkpoint(run.path / w.checkpoint)
         key = (int(model.spec.image_size), tuple(tuple(x) for x in model.spec.windows))
         if key not in cache:
-            cache[key] = build_datasets(manifest_path, run.path / SPLITS_FILE, size=key[0], windows=key[1])
+            cache[key] = build_datasets(manifest_path, run.splits_file, size=key[0], windows=key[1])
         ds = cache[key]
         kwargs: dict[str, Any] = {}
         if torch_module(model) is not None:
@@ -172,16 +171,14 @@ def predict_winners(
 
 def write_predictions(run_path: Path, preds: Predictions) -> tuple[Path, Path]:
     """Write both prediction tables atomically into the run directory."""
+    run = RunDir(run_path)
     return (
-        write_frame(preds.val, run_path / VAL_PREDICTIONS),
-        write_frame(preds.test, run_path / TEST_PREDICTIONS),
+        run.write_frame(run.predictions_file("val"), preds.val),
+        run.write_frame(run.predictions_file("test"), preds.test),
     )
 
 
 def read_predictions(run_path: str | os.PathLike[str], partition: str = "test") -> pd.DataFrame:
     """A stored prediction table (``FileNotFoundError`` telling to run ``select`` when absent)."""
-    name = {"val": VAL_PREDICTIONS, "test": TEST_PREDICTIONS}[partition]
-    path = Path(run_path) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions (run `dvt-search select {run_path}` first)")
-    return pd.read_parquet(path)
+    run = RunDir(run_path)
+    return run.read_frame(run.predictions_file(partition))

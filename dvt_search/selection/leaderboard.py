@@ -37,11 +37,7 @@ from typing import Any
 import pandas as pd
 
 from dvt_search.families.base import META_FILE
-from dvt_search.fsutil import atomic_write
 from dvt_search.rundir.layout import RunDir, TrialRecord
-
-PARQUET_FILE = "leaderboard.parquet"
-CSV_FILE = "leaderboard.csv"
 
 ENDED = {
     "completed": "completed",
@@ -172,25 +168,14 @@ def collect(
     return frame.sort_values(["family", "trial_id"], kind="stable").reset_index(drop=True)
 
 
-def write_frame(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` atomically as Parquet (``.parquet``) or CSV (anything else)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
-    else:
-        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-    return path
-
-
 def write_leaderboard(run: RunDir | str | os.PathLike[str], frame: pd.DataFrame) -> tuple[Path, Path]:
     """Write ``leaderboard.parquet`` and ``leaderboard.csv`` into the run directory."""
-    root = run.path if isinstance(run, RunDir) else Path(run)
-    return write_frame(frame, root / PARQUET_FILE), write_frame(frame, root / CSV_FILE)
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    parquet, csv = run.leaderboard_files
+    return run.write_frame(parquet, frame), run.write_frame(csv, frame)
 
 
 def read_leaderboard(run: str | os.PathLike[str]) -> pd.DataFrame:
     """The stored leaderboard of a run (``FileNotFoundError`` naming the file when absent)."""
-    path = Path(run) / PARQUET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no leaderboard (run `dvt-search select {run}` first)")
-    return pd.read_parquet(path)
+    rd = RunDir(run)
+    return rd.read_frame(rd.leaderboard_files[0])

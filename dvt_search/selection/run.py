@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -10,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from dvt_search.selection.selector import SELECTION_FILE, SELECTION_FORMAT, choose
+from dvt_search.selection.selector import SELECTION_FORMAT, choose
 
 
 def select_run(
@@ -33,7 +32,6 @@ def select_run(
     directory. Returns the ``selection.json`` document.
     """
     from dvt_search.data.schema import read_manifest
-    from dvt_search.fsutil import atomic_write_text
     from dvt_search.rundir.layout import RunDir
     from dvt_search.selection.evaluate import (
         predict_winners,
@@ -93,7 +91,7 @@ def select_run(
             "validation_check": preds.checks,
             "extras": preds.extras,
         }
-    atomic_write_text(run.path / SELECTION_FILE, json.dumps(doc, indent=2, sort_keys=True, default=float))
+    run.write_doc(run.selection_file, doc)
     return doc
 
 

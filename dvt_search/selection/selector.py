@@ -23,7 +23,6 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -211,13 +210,12 @@ def _overall(winners: list[Winner], mode: str, n_params: NParams | None) -> Winn
     return min(winners, key=key)
 
 
-SELECTION_FILE = "selection.json"
 SELECTION_FORMAT = "dvt-search-selection/1"
 
 
 def read_selection(run_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The stored ``selection.json`` of a run (``FileNotFoundError`` telling to run ``select``)."""
-    path = Path(run_path) / SELECTION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no selection (run `dvt-search select {run_path}` first)")
-    return json.loads(path.read_text())
+    from dvt_search.rundir.layout import RunDir
+
+    run = RunDir(run_path)
+    return run.read_doc(run.selection_file)

@@ -18,7 +18,6 @@ DeLong p-value are both below ``1 - level``: the bootstrap respects patient clus
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dvt_search.fsutil import atomic_write_text
+from dvt_search.rundir.layout import RunDir
 from dvt_search.stats.bootstrap import CI, DEFAULT_RESAMPLES, PatientBootstrap
 from dvt_search.stats.measures import (
     AGGREGATIONS,
@@ -40,7 +39,6 @@ from dvt_search.stats.measures import (
     operating_point,
 )
 
-COMPARISON_FILE = "comparison.json"
 COMPARISON_FORMAT = "dvt-search-comparison/1"
 #: Below this many test patients the verdict warns that bootstrap intervals are not trustworthy.
 FEW_PATIENTS = 10
@@ -271,14 +269,11 @@ def compare(
 
 def write_comparison(run_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
     """Write ``<run>/comparison.json`` atomically."""
-    path = Path(run_path) / COMPARISON_FILE
-    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=float, allow_nan=True))
-    return path
+    run = RunDir(run_path)
+    return run.write_doc(run.comparison_file, doc)
 
 
 def read_comparison(run_path: str | os.PathLike[str]) -> dict[str, Any]:
     """The stored comparison of a run (``FileNotFoundError`` telling to run ``select`` when absent)."""
-    path = Path(run_path) / COMPARISON_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no comparison (run `dvt-search select {run_path}` first)")
-    return json.loads(path.read_text())
+    run = RunDir(run_path)
+    return run.read_doc(run.comparison_file)

@@ -67,7 +67,7 @@ def test_two_worker_ddp_trial_matches_single_process(ray_2_cpus, phantom, tmp_pa
     assert ray.available_resources().get("CPU", 0.0) == 2.0
     run = RunDir(tmp_path / "runs" / "ddp")
     info = run.read_info()
-    assert info.config["resources"]["trainer"] == "ray-train"
+    assert info.config.resources.trainer == "ray-train"
     (rec,) = run.trials("tiny_cnn")
     assert rec.status == "completed" and rec.epochs == EPOCHS and rec.has_checkpoint
     assert rec.cpu_s == pytest.approx(rec.wall_s * WORKERS)
@@ -78,7 +78,7 @@ def test_two_worker_ddp_trial_matches_single_process(ray_2_cpus, phantom, tmp_pa
     data = build_datasets(phantom, run.path / "splits.json", size=32)
     train = data["train"]
     model = families.get("tiny_cnn").build(
-        {**rec.params, "max_epochs": EPOCHS}, DataSpec.from_dict(info.config["spec"])
+        {**rec.params, "max_epochs": EPOCHS}, DataSpec.from_dict(info.state.spec)
     )
     single = []
     for epoch in range(EPOCHS):

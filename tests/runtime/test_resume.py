@@ -104,7 +104,7 @@ def test_killed_driver_resumes_to_exactly_n_trials(no_ray_here, phantom, tmp_pat
     assert sorted(by_number) == list(range(TRIALS))
     for t in study.trials:
         assert t.state == STATE[by_number[t.number].status], (t.number, t.state, by_number[t.number].status)
-    assert run.read_info().config["finished_families"] == ["scripted"]
+    assert run.read_info().state.finished_families == ["scripted"]
 
 
 def test_resume_refuses_changed_manifest_or_splits(phantom, tmp_path) -> None:

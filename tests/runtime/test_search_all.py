@@ -58,11 +58,11 @@ def test_tiny_search_over_all_families(ray_2_cpus, phantom, tmp_path, capsys) ->
     df = read_manifest(phantom)
     splits = load_splits(run.path / "splits.json", manifest_df=df)
     assert info.families == list(PAPER)
-    assert (info.trials_per_family, info.max_epochs, info.image_size) == (1, 1, 32)
+    assert (info.trials_per_family, info.max_epochs, info.input.image_size) == (1, 1, 32)
     assert info.manifest_fingerprint == manifest_fingerprint(df) and info.splits_hash == splits.hash
-    assert {"ray", "optuna", "torch"} <= set(info.config["versions"])
-    assert info.config["finished_families"] == list(PAPER)
-    assert info.config["resources"]["trainer"] == "direct"
+    assert {"ray", "optuna", "torch"} <= set(info.versions)
+    assert info.state.finished_families == list(PAPER)
+    assert info.config.resources.trainer == "direct"
     assert any((run.path / "cache" / "sift").iterdir()), "the SIFT descriptor cache was not pre-warmed"
 
     val = build_datasets(phantom, run.path / "splits.json", size=32)["val"]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from dvt_search import families
+from dvt_search.rundir import RunDir
 from dvt_search.search.space import (
     SearchSpaceError,
     load_family_space,
@@ -184,10 +185,10 @@ def test_re_suggesting_an_existing_trial_returns_its_params(tmp_path) -> None:
 
 def test_snapshot_round_trip_keeps_the_text(tmp_path) -> None:
     space = load_space(write(tmp_path, VALID))
-    out = write_snapshot(space, tmp_path / "run")
+    out = write_snapshot(space, RunDir(tmp_path / "run").space_file("vgg16"))
     assert out == tmp_path / "run" / "search_spaces" / "vgg16.yaml"
     assert out.read_text() == VALID
-    again = load_snapshot(tmp_path / "run", "vgg16")
+    again = load_snapshot(RunDir(tmp_path / "run").space_file("vgg16"), "vgg16")
     assert again.params == space.params and again.fixed == space.fixed
     rebuilt = parse_space(yaml.safe_load(yaml.safe_dump(space_to_doc(space), sort_keys=False)))
     assert rebuilt.params == space.params

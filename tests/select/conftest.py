@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from dvt_search.rundir.layout import RunDir, RunInfo, TrialRecord
+from dvt_search.data.spec import InputSpec
+from dvt_search.rundir import BudgetConfig, DataConfig, RunConfig, RunDir, RunInfo, TrialRecord
 
 
 def make_run(path: Path, families: list[str], trials: list[dict[str, Any]], **info: Any) -> RunDir:
@@ -18,7 +19,8 @@ def make_run(path: Path, families: list[str], trials: list[dict[str, Any]], **in
     directory holding ``meta.json`` (optionally with ``n_params``).
     """
     run = RunDir(path)
-    run.write_info(RunInfo(run_name=path.name, families=families, trials_per_family=4, max_epochs=3, **info))
+    config = RunConfig(families=tuple(families), data=DataConfig(manifest=""), budget=BudgetConfig(4, 3))
+    run.write_info(RunInfo(run_name=path.name, config=config, **info))
     for t in trials:
         t = dict(t)
         curve = t.pop("curve", [])
@@ -139,13 +141,13 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run.write_info(
         RunInfo(
             run_name="tiny",
-            families=FAMILIES,
-            trials_per_family=2,
-            max_epochs=1,
-            manifest=str(manifest),
+            config=RunConfig(
+                families=tuple(FAMILIES),
+                data=DataConfig(manifest=str(manifest), input=InputSpec(image_size=SIZE)),
+                budget=BudgetConfig(trials_per_family=2, max_epochs=1),
+            ),
             manifest_fingerprint=manifest_fingerprint(df),
             splits_hash=splits.hash,
-            image_size=SIZE,
         )
     )
     cache = root / "cache"
