@@ -185,6 +185,32 @@ class Family(ABC):
             budget=1, trainer="direct", workers=1, cpus=float(cpus), gpus=0.0, reuse_actors=True
         )
 
+    #: Whether the family fills a cache shared by its trials before its search (see :meth:`warm_cache`).
+    warms_shared_cache: ClassVar[bool] = False
+
+    @classmethod
+    def warm_cache(
+        cls,
+        params: Mapping[str, Any],
+        data: Mapping[str, Any],
+        cache_dir: Path,
+        n_jobs: int,
+        searched: list[str],
+    ) -> dict[str, int]:
+        """Fill the shared cache once, before the family's trials start (only when ``warms_shared_cache``).
+
+        Args:
+            params: the family's resolved default/fixed parameters of the searched space.
+            data: the run's ``train``/``val``/``test`` datasets.
+            cache_dir: the run's shared cache directory.
+            n_jobs: worker threads to use.
+            searched: names of the parameters the space searches.
+
+        Returns:
+            items cached per partition (for the progress line).
+        """
+        return {}
+
     @classmethod
     def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:
         """Keyword arguments for :meth:`Model.fit` inside a trial (device, threads, caches).

@@ -25,6 +25,7 @@ loading alike.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -48,6 +49,8 @@ CENTERS_FILE = "centers.npy"
 SVM_FILE = "svm.npz"
 _ROWS = 16384  # descriptors per chunk when assigning words (bounded memory)
 _KERNEL_ROWS = 1024  # samples per chunk when evaluating the SVM
+
+log = logging.getLogger(__name__)
 
 
 def assign_words(desc: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -387,6 +390,38 @@ class SiftBowSvm(Family):
             "class_weight": "none",
             "seed": 0,
         }
+
+    warms_shared_cache: ClassVar[bool] = True
+
+    @classmethod
+    def warm_cache(
+        cls,
+        params: Mapping[str, Any],
+        data: Mapping[str, Any],
+        cache_dir: Path,
+        n_jobs: int,
+        searched: list[str],
+    ) -> dict[str, int]:
+        """Extract the train/val SIFT descriptors once (they depend on the data and SIFT settings, not on k
+        or the SVM knobs). When the space searches SIFT settings themselves, only the default/fixed
+        settings are extracted here; other settings are extracted by the first trial that needs them, once
+        (the cache holds a per-entry lock)."""
+        import joblib
+
+        from .sift_features import SiftParams, extract_descriptors
+
+        sift_knobs = [n for n in searched if n.startswith(("sift_", "dense"))]
+        if sift_knobs:
+            log.info("SIFT settings %s are searched: pre-warming only the default/fixed settings", sift_knobs)
+        sift = SiftParams.from_family_params(dict(params))
+        counts = {}
+        # Threads, not loky processes: OpenCV releases the GIL, and loky's resource tracker misbehaves
+        # inside Ray worker processes.
+        with joblib.parallel_config(backend="threading"):
+            for part in ("train", "val"):
+                desc, _ = extract_descriptors(data[part], sift, cache_dir, n_jobs)
+                counts[part] = int(len(desc))
+        return counts
 
     @classmethod
     def fit_options(cls, *, device: str, cpus: float, use_cache: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dvt_search import families
 from dvt_search.rundir import RunDir
 from dvt_search.search.space import load_snapshot
 
@@ -60,12 +61,12 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         rd.write_info(info)
     spec = info.state.spec
     finished = set(info.state.finished_families)
-    if "sift_bow_svm" in fams and "sift_bow_svm" not in finished and cfg.sift_cache:
-        from .prewarm import prewarm_sift
+    if cfg.sift_cache:  # families that share a cache between their trials fill it once, up front
+        from .prewarm import prewarm
 
-        prewarm_sift(
-            TrialContext.derive(rd, "sift_bow_svm", cfg, spec), spaces["sift_bow_svm"], ray_info.cpus
-        )
+        for fam in fams:
+            if fam not in finished and families.get(fam).warms_shared_cache:
+                prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], ray_info.cpus)
     for fam in fams:
         if fam in finished:
             print(f"[{fam}] already finished; skipped", flush=True)
