@@ -163,6 +163,9 @@ class Family(ABC):
     #: A short human-readable label of how the family learns (shown by ``dvt-search families``).
     kind: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: Whether the family trains epoch by epoch (an epoch budget the scheduler can stop early, checkpoints
+    #: every epoch, a fresh process per trial) rather than in one shot.
+    trains_by_epoch: ClassVar[bool] = False
 
     # ----------------------------------------------------------------- what a trial needs
     @classmethod
@@ -171,8 +174,9 @@ class Family(ABC):
     ) -> TrialNeeds:
         """The runtime's settings for one trial, given the run's resource options.
 
-        The default is a one-shot CPU family (one "epoch", one process, no GPU, re-usable actors), like the
-        SIFT baseline; epoch-trained, accelerator-capable families override it.
+        The default runs one CPU process per trial: one "epoch" and re-usable actors for a one-shot family
+        (the SIFT baseline), the run's epoch budget and fresh actors when ``trains_by_epoch``.
+        Accelerator-capable families (:class:`~dvt_search.families.torch_family.TorchFamily`) override it.
 
         Args:
             max_epochs: the run's epoch budget of a full trial.
@@ -181,8 +185,14 @@ class Family(ABC):
             train_workers: ``--train-workers``.
             trainer: the run's resolved trainer (``direct`` or ``ray-train``).
         """
+        by_epoch = cls.trains_by_epoch
         return TrialNeeds(
-            budget=1, trainer="direct", workers=1, cpus=float(cpus), gpus=0.0, reuse_actors=True
+            budget=int(max_epochs) if by_epoch else 1,
+            trainer="direct",
+            workers=1,
+            cpus=float(cpus),
+            gpus=0.0,
+            reuse_actors=not by_epoch,
         )
 
     #: Whether the family fills a cache shared by its trials before its search (see :meth:`warm_cache`).

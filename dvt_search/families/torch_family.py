@@ -243,6 +243,7 @@ class TorchFamily(Family):
     """Base of the registered CNN families: ``build``/``load`` through ``model_cls``."""
 
     kind: ClassVar[str] = "torch"
+    trains_by_epoch: ClassVar[bool] = True
     model_cls: ClassVar[type[TorchModel]]
 
     @classmethod

@@ -154,7 +154,7 @@ class ScriptedModel(Model):
 @register
 class Scripted(Family):
     name: ClassVar[str] = "scripted"
-    kind: ClassVar[str] = "torch"  # scheduled like a CNN: an epoch budget, ASHA, checkpoints
+    trains_by_epoch: ClassVar[bool] = True  # scheduled like a CNN: an epoch budget, ASHA, checkpoints
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
