@@ -6,6 +6,7 @@
 * :mod:`.losses` — the paper's eqs. 1-4 and the weighted patch BCE.
 * :mod:`.metrics` — ROC AUC, Youden / fixed-sensitivity thresholds, precision/recall, Dice, patch AUC.
 * :mod:`.cam` — Grad-CAM and CAM heatmaps.
-* :mod:`.checkpoint`, :mod:`.device` — atomic checkpoint directories, weights-only loading, devices,
+* :mod:`.errors` — :class:`~.errors.FitError` (torch-free).
+* :mod:`.checkpoint`, :mod:`.device` — weights-only tensor files, devices,
   seeding and loaders.
 """

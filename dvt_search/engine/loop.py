@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..families.base import FitError
 from .device import (
     autocast,
     dist_active,
@@ -36,6 +35,7 @@ from .device import (
     to_device,
     unwrap,
 )
+from .errors import FitError
 from .metrics import classification_metrics
 from .optim import LoopConfig, build_optimizer
 

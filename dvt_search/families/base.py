@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dvt_search.data.spec import DataSpec
+from dvt_search.engine.errors import FitError as FitError  # re-exported: part of the family contract
 
 META_FILE = "meta.json"
 
@@ -55,10 +56,6 @@ class EpochReport:
 #: Called after every epoch with the report and the model (so the caller can checkpoint it).
 #: Returning ``True`` stops training after this epoch.
 EpochCallback = Callable[[EpochReport, "Model"], "bool | None"]
-
-
-class FitError(RuntimeError):
-    """Training cannot continue (e.g. a NaN/inf loss); the message says where and why."""
 
 
 class Model(ABC):
