@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 from scipy.special import expit
 
+from ..engine.metrics import roc_auc
 from . import register
 from .base import META_FILE, DataSpec, EpochCallback, EpochReport, Family, FitData, FitError, Model, read_meta
 from .sift_features import DESCRIPTOR_DIM, SiftParams, extract_descriptors
@@ -158,12 +159,6 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _auc(y: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def _labels(dataset: Any, name: str) -> np.ndarray:
@@ -300,8 +295,8 @@ class SiftBowSvmModel(Model):
         report = EpochReport(
             epoch=1,
             metrics={
-                "val_auc": _auc(y_val, self.svm.decision_function(x_val)),
-                "train_auc": _auc(y_train, self.svm.decision_function(x_train)),
+                "val_auc": roc_auc(y_val, self.svm.decision_function(x_val), warn=False),
+                "train_auc": roc_auc(y_train, self.svm.decision_function(x_train), warn=False),
                 "n_descriptors": float(len(train_desc)),
                 "n_empty_slices": float(np.sum(np.diff(train_off) == 0)),
                 "extract_s": extract_s,
