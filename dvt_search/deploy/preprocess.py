@@ -38,7 +38,7 @@ PREPROCESS_FORMAT = "dvt-search-preprocess/1"
 def preprocess_spec(model: Model) -> dict[str, Any]:
     """The ``preprocess.json`` document of a model (its data spec, spelled out)."""
     spec = model.spec
-    return {
+    doc = {
         "format": PREPROCESS_FORMAT,
         "input": "one axial CT slice in Hounsfield units (DICOM RescaleSlope/RescaleIntercept applied)",
         "nonfinite_hu": dict(transform.NONFINITE_HU),
@@ -47,9 +47,11 @@ def preprocess_spec(model: Model) -> dict[str, Any]:
         "window_formula": transform.WINDOW_FORMULA,
         "channels": int(spec.in_channels),
         "layout": "float32 [batch, channels, size, size]",
-        "sift_input": "uint8 round(255 * channel 0)" if model.family == "sift_bow_svm" else None,
+        "sift_input": None,
         "slice_order": "slice_index 0 = most inferior slice of the series",
     }
+    doc.update(model.preprocess_notes())
+    return doc
 
 
 def spec_from_preprocess(doc: dict[str, Any]) -> DataSpec:
