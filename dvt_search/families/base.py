@@ -11,6 +11,12 @@ Metric names reported in :class:`EpochReport.metrics` (all floats):
 * ``val_loss``, ``train_loss`` — where the family has a loss (torch families).
 * family-specific extras, e.g. ``train_loss_cls`` / ``train_loss_pix`` / ``train_loss_dice`` (multitask,
   paper Fig. 3), ``val_patch_auc`` (patch model), ``val_dice``.
+
+Hooks with defaults (override where a family differs; callers never switch on ``Family.kind``):
+``Family.trial_needs`` / ``fit_options`` (the runtime and ``dvt-search train``), ``Family.count_parameters``
+and ``Model.n_params`` (selection tie-breaks), ``Model.export`` / ``training_only_files`` /
+``preprocess_notes`` (``dvt-search export``), ``Family.open_export`` (``dvt-search predict``). The
+defaults describe a one-shot CPU model without a network graph, scored by its own ``predict``.
 """
 
 from __future__ import annotations

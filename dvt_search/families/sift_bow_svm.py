@@ -17,9 +17,10 @@ Epochs: the model is fit in one go. :meth:`SiftBowSvmModel.fit` runs one "epoch"
 sees a one-rung trial that it can only keep or drop.
 
 Checkpoints hold no pickle: ``centers.npy`` (``float32[k, 128]``), ``svm.npz`` (support vectors, dual
-coefficients, intercept, the numeric gamma, kernel name and class order) and ``meta.json``. Decision
-values are always computed by :class:`SvmArrays` in numpy (linear and rbf kernels), in memory and after
-loading alike.
+coefficients, intercept, the numeric gamma, kernel name and class order) and ``meta.json``, written as one
+directory atomically. Decision values are always computed by :class:`SvmArrays` in numpy (linear and rbf
+kernels), in memory and after loading alike. The checkpoint is also the deployable model: an export adds
+nothing to it, and :meth:`SiftBowSvm.open_export` scores new slices from it without the descriptor cache.
 """
 
 from __future__ import annotations
