@@ -23,7 +23,7 @@ from dvt_search.data.spec import DataSpec
 from dvt_search.deploy.preprocess import network_input, preprocess_spec, sift_input
 
 SIDE = 48  # phantom slice side: the dataset sizes below shrink (32) and enlarge (80) it
-WINDOWS = ((40.0, 400.0), (80.0, 200.0))
+WINDOWS = ((0.0, 4200.0), (40.0, 400.0))  # the wide first window sees the NaN fill (-1000 HU)
 
 
 @pytest.fixture(scope="module")
