@@ -72,3 +72,27 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def publish_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``target`` when the block succeeds, first writer wins.
+
+    Unlike :func:`atomic_directory`, an existing ``target`` is never replaced: when a concurrent writer
+    published it first, the new copy is dropped (for content-addressed caches, where both are equal and
+    readers may hold the first open). Temporary directories are named ``.tmp-<target name>-*``; on any
+    error, or after losing the race, the temporary directory is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name[:16]}-", dir=target.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # not a lost race: a real error
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

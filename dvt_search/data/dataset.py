@@ -3,6 +3,8 @@
 Per item: read the HU slice and its mask (``.npy`` volumes are memory-mapped by :mod:`.io`), replace
 non-finite HU (NaN -> -1000 air, +/-inf -> 3071 / -1024), resize to ``size`` x ``size``, augment (training
 only), window into one channel per HU window, and derive the 32x32-block patch targets from the final mask.
+Every step but augmentation is a function of :mod:`.transform`, the module deployment preprocessing
+(:mod:`dvt_search.deploy.preprocess`) calls too.
 
 Resizing: images use ``INTER_AREA`` when shrinking (anti-aliased) and bilinear when enlarging. Masks are
 shrunk by area-averaging then ``> 0``, i.e. a network pixel is vein when ANY source pixel under it is (a
@@ -25,7 +27,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -36,27 +37,10 @@ from .io import SliceReadError, load_slice
 from .schema import manifest_root, patches_from_mask, read_manifest, resolve
 from .spec import DataSpec
 from .splits import PARTITIONS, load_splits, manifest_fingerprint
-from .windowing import multi_window, parse_windows, window
+from .transform import prepare_hu, resize_image, resize_mask, to_channels, to_u8
+from .windowing import parse_windows
 
-
-def resize_image(hu: np.ndarray, size: int) -> np.ndarray:
-    """Float32 HU slice resized to ``size`` x ``size`` (area when shrinking, bilinear when enlarging)."""
-    hu = np.asarray(hu, dtype=np.float32)
-    if hu.shape == (size, size):
-        return hu
-    shrink = hu.shape[0] > size or hu.shape[1] > size
-    return cv2.resize(hu, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Uint8 0/1 mask resized to ``size`` x ``size``; shrinking keeps any-coverage (max-pool like)."""
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    if binary.shape == (size, size):
-        return binary
-    if binary.shape[0] > size or binary.shape[1] > size:
-        area = cv2.resize(binary.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-        return (area > 0).astype(np.uint8)
-    return cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST)
+__all__ = ["SliceDataset", "build_datasets", "resize_image", "resize_mask", "spec_for"]
 
 
 def _file_identity(root: Path, rel: str) -> list[Any]:
@@ -167,17 +151,14 @@ class SliceDataset(Dataset):
                 f"row {i} (scan {row['scan_id']}, slice {row['slice_index']}): image {self._images[i]} "
                 f"shape {hu.shape} differs from mask {self._masks[i]} shape {mask.shape}"
             )
-        hu = np.asarray(hu, dtype=np.float32)
-        if not np.isfinite(hu).all():
-            hu = np.nan_to_num(hu, nan=-1000.0, posinf=3071.0, neginf=-1024.0)
-        return resize_image(hu, self.size), resize_mask(mask, self.size)
+        return prepare_hu(hu, self.size), resize_mask(mask, self.size)
 
     def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:
         i = self._index(i)
         hu, mask = self._read(i)
         if self.augment is not None:
             hu, mask = self.augment(hu, mask, augment_rng(self.seed, self.epoch, i))
-        image = multi_window(hu, self.windows)
+        image = to_channels(hu, self.windows)
         patches = patches_from_mask(mask).astype(np.float32)
         return {
             "image": torch.from_numpy(image),
@@ -190,8 +171,7 @@ class SliceDataset(Dataset):
     def window_u8(self, i: Any) -> np.ndarray:
         """Row ``i`` in the first window as ``uint8[size, size]``, never augmented (SIFT input)."""
         hu, _ = self._read(self._index(i))
-        level, width = self.windows[0]
-        return np.rint(window(hu, level, width) * 255.0).astype(np.uint8)
+        return to_u8(hu, self.windows)
 
     def mask_at(self, i: Any) -> np.ndarray:
         """Resized, unaugmented uint8 mask of row ``i`` (reads no image)."""

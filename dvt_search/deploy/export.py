@@ -4,12 +4,13 @@ One directory per family winner, ``<out>/<family>/``, written atomically. It is 
 checkpoint (``meta.json`` + the family's weight files, so ``families.get(f).load(dir)`` works) plus:
 
 ==================  =======================================================================================
-``model.ts``        TorchScript (traced) module: float32 ``[B, C, S, S]`` windowed images in [0, 1] ->
-                    ``[B]`` DVT probabilities (torch families; load with ``torch.jit.load``)
-``weights.pt``      the network's ``state_dict`` (torch families; ``torch.load(..., weights_only=True)``)
-``model.onnx``      the same graph in ONNX with a dynamic batch axis, where the export succeeds
-``centers.npy``,    SIFT-BoW-SVM: the family's own pickle-free format (k-means centres, SVM arrays)
-``svm.npz``
+(checkpoint)        the family's checkpoint files less those only training needs (the optimizer state):
+                    torch families ``weights.pt`` (``torch.load(..., weights_only=True)``), SIFT-BoW-SVM
+                    its pickle-free ``centers.npy`` + ``svm.npz``
+(artefacts)         whatever ``Model.export`` writes: torch families ``model.ts`` (TorchScript, float32
+                    ``[B, C, S, S]`` windowed images in [0, 1] -> ``[B]`` probabilities) and ``model.onnx``
+                    (dynamic batch axis, where an exporter succeeds); see
+                    :mod:`dvt_search.families.torch_export`
 ``preprocess.json`` how to turn a CT slice in HU into the model input (see :mod:`.preprocess`)
 ``threshold.json``  the operating threshold chosen on VALIDATION predictions (+ fixed-sensitivity ones)
 ``metrics.json``    validation and test metrics with patient-bootstrap intervals
@@ -17,7 +18,9 @@ checkpoint (``meta.json`` + the family's weight files, so ``families.get(f).load
 ``export.json``     what was exported, how (TorchScript/ONNX status and any failure reason), sha256s
 ==================  =======================================================================================
 
-A failed ONNX export is recorded in ``export.json`` and the card, never fatal.
+A failed ONNX export is recorded in ``export.json`` and the card, never fatal. What differs between
+families is asked of the family (``Model.export``, ``Model.training_only_files``); ``export.json``'s
+``kind`` is the family's label, for people. :mod:`.predict` opens the folder with ``Family.open_export``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,9 @@ import torch
 
 from dvt_search.deploy.card import model_card
 from dvt_search.deploy.preprocess import preprocess_spec
-from dvt_search.families.base import Model
-from dvt_search.fsutil import atomic_directory
-from dvt_search.selection.models import SliceProbability, load_checkpoint, torch_module
+from dvt_search.families import get as get_family
+from dvt_search.fsutil import atomic_directory, atomic_write_text
+from dvt_search.selection.models import load_checkpoint
 from dvt_search.selection.selector import read_selection
 from dvt_search.stats.compare import read_comparison
 
@@ -45,14 +47,10 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "dvt-search-export/1"
 EXPORT_FILE = "export.json"
-TORCHSCRIPT_FILE = "model.ts"
-ONNX_FILE = "model.onnx"
 PREPROCESS_FILE = "preprocess.json"
 THRESHOLD_FILE = "threshold.json"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
-_SKIP = {"train_state.pt"}  # optimizer state: not part of a deployable model
-ONNX_OPSET = 17
 
 
 def _sha256(path: Path) -> str:
@@ -64,72 +62,12 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def _example(model: Model, batch: int) -> torch.Tensor:
-    s, c = int(model.spec.image_size), int(model.spec.in_channels)
-    return torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(batch))
-
-
-def export_torchscript(model: Model, path: Path) -> dict[str, Any]:
-    """Trace the probability module to ``path`` and check it against eager on another batch size."""
-    wrapper = SliceProbability(model).eval().cpu()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # trace deprecation / tracer warnings are noise here
-        traced = torch.jit.trace(wrapper, _example(model, 2))
-        probe = _example(model, 3)
-        diff = float((traced(probe) - wrapper(probe)).abs().max())
-    if not diff <= 1e-4:
-        raise RuntimeError(f"traced module differs from eager by {diff:.2e} on a batch of 3")
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # TorchScript is deprecated upstream, still the format asked for
-        torch.jit.save(traced, str(path))
-    return {"method": "torch.jit.trace", "checked_batch_size": 3, "max_abs_diff": diff}
-
-
-def export_onnx(model: Model, path: Path) -> dict[str, Any]:
-    """ONNX export with a dynamic batch axis; returns ``{"ok": False, "error": ...}`` instead of raising."""
-    import onnx
-
-    wrapper = SliceProbability(model).eval().cpu()
-    attempts = (("torchscript-based", {"dynamo": False}), ("dynamo", {"dynamo": True}))
-    errors = []
-    for name, kwargs in attempts:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    wrapper,
-                    (_example(model, 2),),
-                    str(path),
-                    input_names=["image"],
-                    output_names=["probability"],
-                    dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                    **kwargs,
-                )
-            onnx.checker.check_model(str(path))
-            return {
-                "ok": True,
-                "exporter": name,
-                "opset": ONNX_OPSET,
-                "input": "image",
-                "output": "probability",
-            }
-        except Exception as exc:  # any exporter failure is reported, not fatal
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
-            path.unlink(missing_ok=True)
-            for extra in path.parent.glob(f"{path.name}*.data"):
-                extra.unlink()
-    return {"ok": False, "error": "; ".join(errors)}
-
-
-def _copy_checkpoint(src: Path, dst: Path) -> None:
+def _copy_checkpoint(src: Path, dst: Path, skip: frozenset[str]) -> None:
     for f in sorted(src.iterdir()):
-        if f.is_file() and f.name not in _SKIP:
+        if f.is_file() and f.name not in skip:
             shutil.copy2(f, dst / f.name)
 
 
@@ -143,7 +81,7 @@ def export_winner(
     model = load_checkpoint(ckpt)
     stats = (comparison or {}).get("families", {}).get(family)
     with atomic_directory(out / family) as tmp:
-        _copy_checkpoint(ckpt, tmp)
+        _copy_checkpoint(ckpt, tmp, model.training_only_files)
         info: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "family": family,
@@ -155,17 +93,9 @@ def export_winner(
                 "value": winner["value"],
             },
             "torch": torch.__version__,
+            "kind": get_family(family).kind,  # a label for people; nothing compares it
         }
-        if torch_module(model) is not None:
-            info["kind"] = "torch"
-            info["torchscript"] = export_torchscript(model, tmp / TORCHSCRIPT_FILE)
-            info["onnx"] = export_onnx(model, tmp / ONNX_FILE)
-            if not info["onnx"]["ok"]:
-                log.warning("%s: ONNX export failed: %s", family, info["onnx"]["error"])
-        else:
-            info["kind"] = "classic"
-            info["torchscript"] = None
-            info["onnx"] = {"ok": False, "error": f"{family} is not a neural network (no ONNX graph)"}
+        info.update(model.export(tmp))
         _write_json(tmp / PREPROCESS_FILE, preprocess_spec(model))
         thresholds = stats["thresholds"] if stats else None
         _write_json(
@@ -179,7 +109,7 @@ def export_winner(
             },
         )
         _write_json(tmp / METRICS_FILE, _metrics(winner, stats, comparison))
-        (tmp / CARD_FILE).write_text(model_card(family, selection, comparison, info, model))
+        atomic_write_text(tmp / CARD_FILE, model_card(family, selection, comparison, info, model))
         info["files"] = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         _write_json(tmp / EXPORT_FILE, info)
     return out / family

@@ -2,14 +2,16 @@
 
 The series is read with :mod:`dvt_search.data.readers.dicom` (ordered by ImagePositionPatient so slice 0
 is the most inferior, RescaleSlope/Intercept applied), each slice is preprocessed as ``preprocess.json``
-says, and the exported model scores it: the TorchScript module (``model.ts``) for CNN families, the
-pickle-free SIFT-BoW-SVM arrays for the baseline. The scan decision is the highest slice probability
-against the validation-chosen threshold of ``threshold.json``.
+says (:mod:`dvt_search.data.transform`, as in training), and the family scores it through
+``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
+SIFT-BoW-SVM arrays for the baseline. The scan decision is the highest slice probability against the
+validation-chosen threshold of ``threshold.json``.
 
-Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` and, for CNN
-families, ``heatmap_slice_<k>.png`` for every positive slice. Heat maps are Grad-CAM maps of the eager
-network (rebuilt from the exported ``meta.json`` + ``weights.pt``, which hold the same weights as the
-TorchScript file), because Grad-CAM needs the layer activations that a TorchScript graph does not expose.
+Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` and, for
+families that explain their scores (the CNNs), ``heatmap_slice_<k>.png`` for every positive slice. CNN
+heat maps are Grad-CAM maps of the eager network (rebuilt from the exported ``meta.json`` +
+``weights.pt``, which hold the same weights as the TorchScript file), because Grad-CAM needs the layer
+activations that a TorchScript graph does not expose.
 Nothing read from the DICOM header (names, ids, dates, UIDs) is written or logged; slices are named by
 their index only.
 """
@@ -19,29 +21,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dvt_search.deploy.preprocess import network_input, sift_input, spec_from_preprocess
-from dvt_search.fsutil import atomic_write_text
+from dvt_search.data.spec import DataSpec
+from dvt_search.deploy.preprocess import network_input, spec_from_preprocess
+from dvt_search.families import get as get_family
+from dvt_search.families.base import ExportedScorer
+from dvt_search.fsutil import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Exported:
-    """An export directory (see :mod:`.export`) opened for inference."""
+    """An export directory (see :mod:`.export`) opened for inference.
+
+    ``kind`` is the family's label recorded in ``export.json`` (for display; scoring asks the family).
+    """
 
     directory: Path
     family: str
     kind: str
     preprocess: dict[str, Any]
     threshold: float
+    _scorer: ExportedScorer | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> Exported:
@@ -57,58 +65,28 @@ class Exported:
             raise ValueError(
                 f"{d}/threshold.json holds no threshold (the run was selected without a test set)"
             )
-        return cls(d, info["family"], info["kind"], pre, float(thr["threshold"]))
+        return cls(d, info["family"], str(info.get("kind", "")), pre, float(thr["threshold"]))
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> DataSpec:
         return spec_from_preprocess(self.preprocess)
+
+    @property
+    def scorer(self) -> ExportedScorer:
+        """The family's scorer of this folder (:meth:`Family.open_export`), opened once."""
+        if self._scorer is None:
+            self._scorer = get_family(self.family).open_export(self.directory, self.spec)
+        return self._scorer
 
     def scores(self, volume_hu: np.ndarray, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
         """Per-slice DVT probabilities of a ``[Z, H, W]`` HU volume."""
-        spec = self.spec
-        if self.kind == "classic":
-            from dvt_search.selection.models import load_checkpoint
-
-            model = load_checkpoint(self.directory)
-            model.use_cache = False  # type: ignore[attr-defined]  # new data: no descriptor cache
-            return model.predict(_U8Slices([sift_input(s, spec) for s in volume_hu]))
-        import torch
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notice
-            net = torch.jit.load(str(self.directory / "model.ts"), map_location=device).eval()
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(volume_hu), batch_size):
-                x = np.stack([network_input(s, spec) for s in volume_hu[i : i + batch_size]])
-                out.append(net(torch.from_numpy(x).to(device)).double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+        return self.scorer.scores(volume_hu, batch_size=batch_size, device=device)
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
-        """Grad-CAM maps ``[N, S, S]`` in [0, 1] for CNN families (``None`` for the SIFT baseline)."""
-        if self.kind == "classic" or not slices_hu:
+        """Heat maps ``[N, S, S]`` in [0, 1] (Grad-CAM for CNN families; ``None`` where the family has none)."""
+        if not slices_hu:
             return None
-        import torch
-
-        from dvt_search.engine.cam import grad_cam
-        from dvt_search.selection.models import load_checkpoint, torch_module
-
-        module = torch_module(load_checkpoint(self.directory))
-        x = torch.from_numpy(np.stack([network_input(s, self.spec) for s in slices_hu]))
-        return grad_cam(module, x).detach().cpu().numpy()
-
-
-class _U8Slices:
-    """The minimal slice source the SIFT baseline reads (``len`` + ``window_u8``)."""
-
-    def __init__(self, images: list[np.ndarray]) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def window_u8(self, i: int) -> np.ndarray:
-        return self.images[i]
+        return self.scorer.heatmaps(slices_hu)
 
 
 def read_dicom_volume(series_dir: str | os.PathLike[str]) -> np.ndarray:
@@ -149,9 +127,7 @@ def predict_series(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"slice_index": np.arange(len(probs)), "probability": probs, "positive": positive})
-    tmp = out / ".slices.csv.tmp"
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, out / "slices.csv")
+    atomic_write(out / "slices.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     heat_files: list[str] = []
     idx = np.flatnonzero(positive)
     maps = model.heatmaps([volume[i] for i in idx])
@@ -171,9 +147,7 @@ def predict_series(
         "decision": "DVT suspected" if positive.any() else "no DVT detected",
         "scan_rule": "DVT suspected when the highest slice probability >= threshold",
         "heatmaps": heat_files,
-        "heatmap_method": "Grad-CAM of the eager network"
-        if maps is not None
-        else "none for the SIFT baseline",
+        "heatmap_method": model.scorer.heatmap_method,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary

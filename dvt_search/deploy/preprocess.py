@@ -1,11 +1,11 @@
 """The input contract of an exported model: CT slice in HU -> network input, exactly as in training.
 
-Training reads slices through :class:`dvt_search.data.dataset.SliceDataset`; the same steps are applied
-here to slices from a DICOM series so that deployed scores match the scores of the selected model:
+Training reads slices through :class:`dvt_search.data.dataset.SliceDataset`; deployment applies the very
+same functions of :mod:`dvt_search.data.transform` to slices from a DICOM series, so deployed scores
+match the scores of the selected model:
 
 1. non-finite HU replaced (NaN -> -1000, +inf -> 3071, -inf -> -1024);
-2. resized to ``size`` x ``size`` by :func:`dvt_search.data.dataset.resize_image` (OpenCV ``INTER_AREA``
-   when shrinking, ``INTER_LINEAR`` when enlarging);
+2. resized to ``size`` x ``size`` (OpenCV ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging);
 3. one channel per HU window ``(level, width)``: ``clip((HU - (level - width/2)) / width, 0, 1)``;
 4. float32, layout ``[C, size, size]`` (a batch is ``[B, C, size, size]``).
 
@@ -18,9 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from dvt_search.data.dataset import resize_image
-from dvt_search.data.windowing import multi_window, window
-from dvt_search.families.base import DataSpec, Model
+from dvt_search.data import transform
+from dvt_search.data.spec import DataSpec
+from dvt_search.data.transform import clean_hu
+from dvt_search.families.base import Model
+
+__all__ = [
+    "PREPROCESS_FORMAT",
+    "clean_hu",
+    "network_input",
+    "preprocess_spec",
+    "sift_input",
+    "spec_from_preprocess",
+]
 
 PREPROCESS_FORMAT = "dvt-search-preprocess/1"
 
@@ -28,21 +38,20 @@ PREPROCESS_FORMAT = "dvt-search-preprocess/1"
 def preprocess_spec(model: Model) -> dict[str, Any]:
     """The ``preprocess.json`` document of a model (its data spec, spelled out)."""
     spec = model.spec
-    return {
+    doc = {
         "format": PREPROCESS_FORMAT,
         "input": "one axial CT slice in Hounsfield units (DICOM RescaleSlope/RescaleIntercept applied)",
-        "nonfinite_hu": {"nan": -1000.0, "posinf": 3071.0, "neginf": -1024.0},
-        "resize": {
-            "size": int(spec.image_size),
-            "method": "OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging (before windowing)",
-        },
+        "nonfinite_hu": dict(transform.NONFINITE_HU),
+        "resize": {"size": int(spec.image_size), "method": transform.RESIZE_METHOD},
         "windows": [[float(lv), float(wd)] for lv, wd in spec.windows],
-        "window_formula": "clip((HU - (level - width / 2)) / width, 0, 1)",
+        "window_formula": transform.WINDOW_FORMULA,
         "channels": int(spec.in_channels),
         "layout": "float32 [batch, channels, size, size]",
-        "sift_input": "uint8 round(255 * channel 0)" if model.family == "sift_bow_svm" else None,
+        "sift_input": None,
         "slice_order": "slice_index 0 = most inferior slice of the series",
     }
+    doc.update(model.preprocess_notes())
+    return doc
 
 
 def spec_from_preprocess(doc: dict[str, Any]) -> DataSpec:
@@ -52,20 +61,11 @@ def spec_from_preprocess(doc: dict[str, Any]) -> DataSpec:
     return DataSpec(image_size=int(doc["resize"]["size"]), windows=tuple(tuple(w) for w in doc["windows"]))
 
 
-def clean_hu(hu: np.ndarray) -> np.ndarray:
-    """Float32 HU with non-finite values replaced as in training."""
-    hu = np.asarray(hu, dtype=np.float32)
-    if not np.isfinite(hu).all():
-        hu = np.nan_to_num(hu, nan=-1000.0, posinf=3071.0, neginf=-1024.0)
-    return hu
-
-
 def network_input(hu: np.ndarray, spec: DataSpec) -> np.ndarray:
-    """``float32[C, S, S]`` network input of one HU slice."""
-    return multi_window(resize_image(clean_hu(hu), spec.image_size), spec.windows)
+    """``float32[C, S, S]`` network input of one HU slice (:func:`dvt_search.data.transform.network_input`)."""
+    return transform.network_input(hu, spec.image_size, spec.windows)
 
 
 def sift_input(hu: np.ndarray, spec: DataSpec) -> np.ndarray:
     """``uint8[S, S]`` first-window image of one HU slice (what the SIFT baseline reads)."""
-    level, width = spec.windows[0]
-    return np.rint(window(resize_image(clean_hu(hu), spec.image_size), level, width) * 255.0).astype(np.uint8)
+    return transform.sift_input(hu, spec.image_size, spec.windows)

@@ -2,13 +2,19 @@
 
 The five families of the paper live in one module each and register themselves on import; a duplicate
 name raises. ``dvt-search families`` lists them with their search-space files.
+
+Adding a family: one module here (a :class:`~.base.Family` + :class:`~.base.Model`, ``@register``; a torch
+family subclasses :class:`~.torch_family.TorchFamily` / ``TorchModel`` and gets training, checkpoints,
+TorchScript/ONNX export and deployed scoring), its ``search_spaces/<name>.yaml``, and its module name in
+:data:`BUILTIN_MODULES` (a plug-in registered from elsewhere needs no registry line). Everything a caller
+needs to know differently is a hook with a default in :mod:`.base`.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .base import DataSpec, EpochReport, Family, FitData, FitError, Model, TrialNeeds
+from .base import DataSpec, EpochReport, ExportedScorer, Family, FitData, FitError, Model, TrialNeeds
 
 _REGISTRY: dict[str, type[Family]] = {}
 
@@ -64,6 +70,7 @@ def all_families() -> list[type[Family]]:
 __all__ = [
     "DataSpec",
     "EpochReport",
+    "ExportedScorer",
     "Family",
     "FitData",
     "FitError",

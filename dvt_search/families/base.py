@@ -11,6 +11,12 @@ Metric names reported in :class:`EpochReport.metrics` (all floats):
 * ``val_loss``, ``train_loss`` — where the family has a loss (torch families).
 * family-specific extras, e.g. ``train_loss_cls`` / ``train_loss_pix`` / ``train_loss_dice`` (multitask,
   paper Fig. 3), ``val_patch_auc`` (patch model), ``val_dice``.
+
+Hooks with defaults (override where a family differs; callers never switch on ``Family.kind``):
+``Family.trial_needs`` / ``fit_options`` (the runtime and ``dvt-search train``), ``Family.count_parameters``
+and ``Model.n_params`` (selection tie-breaks), ``Model.export`` / ``training_only_files`` /
+``preprocess_notes`` (``dvt-search export``), ``Family.open_export`` (``dvt-search predict``). The
+defaults describe a one-shot CPU model without a network graph, scored by its own ``predict``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -95,6 +101,32 @@ class Model(ABC):
     def load(cls, directory: str | Path) -> Model:
         """Load a checkpoint written by :meth:`save` (safe: no untrusted pickle is executed)."""
 
+    # ----------------------------------------------------------------- hooks with defaults
+    #: Checkpoint files needed only to resume training (left out of an export).
+    training_only_files: ClassVar[frozenset[str]] = frozenset()
+
+    def n_params(self) -> int | None:
+        """Parameters of the model's network (trainable + frozen); ``None`` when it has none to count."""
+        return None
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Write deployable artefacts beyond the checkpoint files into ``directory`` (an export folder).
+
+        The export folder already holds a copy of the checkpoint (less :attr:`training_only_files`), so it
+        loads with the family's ``load``. Returns what ``export.json`` records about the artefacts: at
+        least ``torchscript`` (a dict, or ``None`` without one) and ``onnx`` (``{"ok": bool, ...}`` with an
+        ``error`` when not ok). The default writes nothing: a model without a network graph.
+        """
+        return {
+            "torchscript": None,
+            "onnx": {"ok": False, "error": f"{self.family} is not a neural network (no ONNX graph)"},
+        }
+
+    def preprocess_notes(self) -> dict[str, Any]:
+        """Family-specific entries of ``preprocess.json`` (e.g. the SIFT baseline's uint8 input)."""
+        return {}
+
+    # ----------------------------------------------------------------- metadata
     def meta(self) -> dict[str, Any]:
         return {
             "family": self.family,
@@ -149,11 +181,27 @@ class TrialNeeds:
         return self.gpus * self.workers
 
 
+class ExportedScorer(Protocol):
+    """An export folder opened for inference (:meth:`Family.open_export`)."""
+
+    #: how :meth:`heatmaps` are made, in words (recorded in a prediction's summary)
+    heatmap_method: str
+
+    def scores(self, volume_hu: np.ndarray, *, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+        """Per-slice DVT probabilities ``float64[Z]`` of a ``[Z, H, W]`` HU volume."""
+        ...
+
+    def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        """Maps ``[N, S, S]`` in [0, 1] explaining each slice's score, or ``None`` where the family has none."""
+        ...
+
+
 class Family(ABC):
     """A registered model family. Subclasses set ``name`` and implement ``default_params``/``build``/``load``.
 
     What differs between families is asked of the family itself through the hooks below (trial needs,
-    fit options, export), never decided by callers from a type code.
+    fit options, parameter count, export), never decided by callers from a type code such as ``kind``
+    (a label for people only).
     """
 
     name: ClassVar[str]
@@ -228,6 +276,27 @@ class Family(ABC):
             use_cache: whether derived artefacts may be read from / written to ``FitData.cache_dir``.
         """
         return {}
+
+    @classmethod
+    def count_parameters(cls, directory: str | Path) -> int | None:
+        """Parameters of a checkpoint's model (:meth:`Model.n_params`; the default loads the checkpoint)."""
+        return cls.load(directory).n_params()
+
+    @classmethod
+    def open_export(cls, directory: str | Path, spec: DataSpec) -> ExportedScorer:
+        """An export folder (see :mod:`dvt_search.deploy.export`) opened for scoring new HU slices.
+
+        The default loads the family's checkpoint copy in the folder and scores with
+        :meth:`Model.predict` on the slices preprocessed by :mod:`dvt_search.data.transform` (no heat
+        maps); families with a compiled artefact (TorchScript) override it.
+
+        Args:
+            directory: the export folder.
+            spec: input size and HU windows, as ``preprocess.json`` records them.
+        """
+        from .deployed import CheckpointScorer
+
+        return CheckpointScorer(cls.load(directory), spec)
 
     @classmethod
     def search_space_file(cls) -> str:

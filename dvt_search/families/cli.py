@@ -141,7 +141,10 @@ def _train(args: argparse.Namespace) -> int:
             speed = f" ({m['img_per_s']:.1f} img/s)" if "img_per_s" in m else ""
             print(f"epoch {report.epoch}: {parts} {extras}{speed}".rstrip(), flush=True)
 
-        fit_kwargs = {"device": args.device} if family.kind == "torch" else {}
+        # the family turns the command's options into its fit() keywords: torch families get the device;
+        # the SIFT baseline extracts with max(1, --num-workers) processes and the descriptor cache, as
+        # its fit() defaults would
+        fit_kwargs = family.fit_options(device=args.device, cpus=max(1, args.num_workers), use_cache=True)
         data = FitData(train=datasets["train"], val=datasets["val"], num_workers=args.num_workers)
         model.fit(data, args.epochs, callback=show, **fit_kwargs)
     if args.out is not None:

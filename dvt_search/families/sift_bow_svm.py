@@ -17,19 +17,18 @@ Epochs: the model is fit in one go. :meth:`SiftBowSvmModel.fit` runs one "epoch"
 sees a one-rung trial that it can only keep or drop.
 
 Checkpoints hold no pickle: ``centers.npy`` (``float32[k, 128]``), ``svm.npz`` (support vectors, dual
-coefficients, intercept, the numeric gamma, kernel name and class order) and ``meta.json``. Decision
-values are always computed by :class:`SvmArrays` in numpy (linear and rbf kernels), in memory and after
-loading alike.
+coefficients, intercept, the numeric gamma, kernel name and class order) and ``meta.json``, written as one
+directory atomically. Decision values are always computed by :class:`SvmArrays` in numpy (linear and rbf
+kernels), in memory and after loading alike. The checkpoint is also the deployable model: an export adds
+nothing to it, and :meth:`SiftBowSvm.open_export` scores new slices from it without the descriptor cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -38,8 +37,12 @@ import cv2
 import numpy as np
 from scipy.special import expit
 
+from ..data.transform import U8_FORMULA
+from ..engine.metrics import roc_auc
+from ..fsutil import atomic_directory
 from . import register
 from .base import META_FILE, DataSpec, EpochCallback, EpochReport, Family, FitData, FitError, Model, read_meta
+from .deployed import CheckpointScorer
 from .sift_features import DESCRIPTOR_DIM, SiftParams, extract_descriptors
 
 NORMS = ("l1", "l2", "hellinger")
@@ -151,22 +154,6 @@ class SvmArrays:
         if svm.kernel not in KERNELS or svm.support_vectors.shape[0] != svm.dual_coef.shape[0]:
             raise ValueError(f"{path}: inconsistent SVM arrays (kernel {svm.kernel!r})")
         return svm
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _auc(y: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def _labels(dataset: Any, name: str) -> np.ndarray:
@@ -303,8 +290,8 @@ class SiftBowSvmModel(Model):
         report = EpochReport(
             epoch=1,
             metrics={
-                "val_auc": _auc(y_val, self.svm.decision_function(x_val)),
-                "train_auc": _auc(y_train, self.svm.decision_function(x_train)),
+                "val_auc": roc_auc(y_val, self.svm.decision_function(x_val), warn=False),
+                "train_auc": roc_auc(y_train, self.svm.decision_function(x_train), warn=False),
                 "n_descriptors": float(len(train_desc)),
                 "n_empty_slices": float(np.sum(np.diff(train_off) == 0)),
                 "extract_s": extract_s,
@@ -326,18 +313,23 @@ class SiftBowSvmModel(Model):
         return expit(self.svm.decision_function(x)).astype(np.float64)
 
     def save(self, directory: str | Path) -> Path:
+        """Write ``centers.npy``, ``svm.npz`` and ``meta.json`` as one directory, atomically."""
         if self.centers is None or self.svm is None:
             raise RuntimeError("cannot save an unfitted sift_bow_svm model")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        centers, svm = self.centers, self.svm
-        _atomic_write(out / CENTERS_FILE, lambda fh: np.save(fh, centers, allow_pickle=False))
-        _atomic_write(out / SVM_FILE, svm.save)
         meta = {**self.meta(), "opencv": cv2.__version__, "files": [CENTERS_FILE, SVM_FILE]}
-        _atomic_write(
-            out / META_FILE, lambda fh: fh.write(json.dumps(meta, indent=2, default=float).encode())
-        )
-        return out
+        with atomic_directory(directory) as tmp:
+            np.save(tmp / CENTERS_FILE, self.centers, allow_pickle=False)
+            with open(tmp / SVM_FILE, "wb") as fh:
+                self.svm.save(fh)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+        return Path(directory)
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """Nothing beyond the checkpoint: its pickle-free arrays are the deployable model."""
+        return {**super().export(directory), "arrays": [CENTERS_FILE, SVM_FILE]}
+
+    def preprocess_notes(self) -> dict[str, Any]:
+        return {"sift_input": U8_FORMULA}
 
     @classmethod
     def load(cls, directory: str | Path) -> SiftBowSvmModel:
@@ -435,3 +427,15 @@ class SiftBowSvm(Family):
     @classmethod
     def load(cls, directory: str | Path) -> SiftBowSvmModel:
         return SiftBowSvmModel.load(directory)
+
+    @classmethod
+    def count_parameters(cls, directory: str | Path) -> None:
+        """No network to count (the checkpoint is not even loaded)."""
+        return None
+
+    @classmethod
+    def open_export(cls, directory: str | Path, spec: DataSpec) -> CheckpointScorer:
+        """The pickle-free arrays score new slices (no descriptor cache: new data); no heat maps."""
+        model = cls.load(directory)
+        model.use_cache = False
+        return CheckpointScorer(model, spec, heatmap_method="none for the SIFT baseline")

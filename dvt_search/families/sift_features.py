@@ -28,8 +28,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,6 +37,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from ..fsutil import publish_directory
 
 try:
     import fcntl
@@ -255,21 +255,11 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def _publish(entry: Path, desc: np.ndarray, offsets: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write an entry into a temporary sibling directory and rename it into place."""
-    tmp = entry.parent / f".tmp-{entry.name[:16]}-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    """Write an entry into a temporary sibling directory and rename it into place (first writer wins)."""
+    with publish_directory(entry) as tmp:
         np.save(tmp / _DESC_FILE, desc, allow_pickle=False)
         np.save(tmp / _OFFSETS_FILE, offsets, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not entry.is_dir():  # a concurrent writer did not win the race: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(entry: Path, n_slices: int) -> tuple[np.ndarray, np.ndarray]:

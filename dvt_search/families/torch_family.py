@@ -32,7 +32,17 @@ from ..engine.device import resolve_device
 from ..engine.losses import bce
 from ..engine.optim import LoopConfig
 from ..fsutil import atomic_directory
-from .base import DataSpec, EpochCallback, EpochReport, Family, FitData, Model, TrialNeeds, read_meta
+from .base import (
+    DataSpec,
+    EpochCallback,
+    EpochReport,
+    ExportedScorer,
+    Family,
+    FitData,
+    Model,
+    TrialNeeds,
+    read_meta,
+)
 
 WEIGHTS_FILE = "weights.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -204,6 +214,19 @@ class TorchModel(Model):
         cfg, dev = self._inference_config(device, batch_size, num_workers)
         return loop.evaluate(self.module, self, dataset, cfg, dev, prefix=prefix)
 
+    # ----------------------------------------------------------------- parameters and export
+    training_only_files: ClassVar[frozenset[str]] = frozenset({TRAIN_STATE_FILE})
+
+    def n_params(self) -> int:
+        """Trainable + frozen parameters of the network."""
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        """TorchScript ``model.ts`` and ONNX ``model.onnx`` (see :mod:`.torch_export`)."""
+        from .torch_export import export_artefacts
+
+        return export_artefacts(self, Path(directory))
+
     # ----------------------------------------------------------------- checkpoints
     def meta(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "torch": torch.__version__, **super().meta()}
@@ -271,3 +294,10 @@ class TorchFamily(Family):
     @classmethod
     def load(cls, directory: str | Path) -> TorchModel:
         return cls.model_cls.load(directory)
+
+    @classmethod
+    def open_export(cls, directory: str | Path, spec: DataSpec) -> ExportedScorer:
+        """TorchScript scoring, Grad-CAM heat maps of the eager network (:mod:`.torch_export`)."""
+        from .torch_export import TorchScriptScorer
+
+        return TorchScriptScorer(cls, directory, spec)

@@ -1,11 +1,10 @@
-"""Loading selected checkpoints and reaching the torch network inside a family's model."""
+"""Loading selected checkpoints, counting their parameters and reaching the torch network inside a model."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from dvt_search.families import get as get_family
 from dvt_search.families.base import Model, read_meta
@@ -29,32 +28,10 @@ def torch_module(model: Model) -> nn.Module | None:
 def count_parameters(directory: str | os.PathLike[str]) -> int | None:
     """Trainable + frozen parameters of a checkpoint's network (``meta["n_params"]`` if recorded).
 
-    ``None`` when unknown (classic families): such models sort last in parameter tie-breaks.
+    Otherwise the family counts (:meth:`Family.count_parameters`); ``None`` when unknown (families without
+    a network, such as SIFT): such models sort last in parameter tie-breaks.
     """
     meta = read_meta(directory)
     if isinstance(meta.get("n_params"), int):
         return int(meta["n_params"])
-    if get_family(str(meta.get("family"))).kind != "torch":
-        return None
-    module = torch_module(load_checkpoint(directory))
-    return None if module is None else int(sum(p.numel() for p in module.parameters()))
-
-
-class SliceProbability(nn.Module):
-    """``[B, C, H, W]`` windowed images in [0, 1] -> ``[B]`` slice DVT probabilities.
-
-    Wraps a family's network with the model's own output-to-probability map (``slice_scores``), so the
-    exported graph scores exactly as :meth:`Model.predict` does.
-    """
-
-    def __init__(self, model: Model) -> None:
-        super().__init__()
-        module = torch_module(model)
-        if module is None:
-            raise TypeError(f"family {model.family!r} has no torch network to wrap")
-        self.net = module
-        self._scores = model.slice_scores  # type: ignore[attr-defined]
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Any = self.net(x)
-        return self._scores(out).reshape(-1).float()
+    return get_family(str(meta.get("family"))).count_parameters(directory)

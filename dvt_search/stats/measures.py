@@ -45,12 +45,10 @@ def _as_arrays(
 
 def auc(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> float:
     """ROC AUC = P(score of a positive > score of a negative) + 0.5 P(tie); NaN with a single class."""
+    from dvt_search.engine.metrics import roc_auc
+
     y, s = _as_arrays(y, s)
-    m, n = int(y.sum()), int((1 - y).sum())
-    if m == 0 or n == 0:
-        return float("nan")
-    ranks = sps.rankdata(s)  # midranks for ties
-    return float((ranks[y == 1].sum() - m * (m + 1) / 2) / (m * n))
+    return roc_auc(y, s, warn=False)
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:

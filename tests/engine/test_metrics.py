@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -93,3 +94,41 @@ def test_classification_metrics_keys() -> None:
     out = M.classification_metrics([0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9])
     assert set(out) == {"auc", "precision", "recall", "threshold"}
     assert out["auc"] == 1.0 and out["recall"] == 1.0 and out["precision"] == 1.0
+
+
+def _pairwise_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Brute force: every (positive, negative) pair, 1 for a win and 1/2 for a tie."""
+    pos, neg = s[y == 1], s[y == 0]
+    credit = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return credit / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auc_equals_brute_force_pairwise_count_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes present
+    s = rng.integers(0, 4 if seed % 2 else 50, n).astype(float)  # few distinct values: many ties
+    assert M.roc_auc(y, s) == pytest.approx(_pairwise_auc(y, s), abs=1e-12)
+
+
+def test_auc_all_tied_is_one_half_and_order_free() -> None:
+    y = np.array([1, 0, 1, 0, 0])
+    assert M.roc_auc(y, np.full(5, 0.3)) == 0.5
+    perm = np.array([3, 1, 4, 0, 2])
+    s = np.array([0.2, 0.2, 0.9, 0.1, 0.2])
+    assert M.roc_auc(y[perm], s[perm]) == M.roc_auc(y, s) == pytest.approx(_pairwise_auc(y, s))
+
+
+def test_every_auc_name_is_the_engine_one() -> None:
+    """stats.measures.auc and the SIFT family's validation AUC agree with engine.metrics.roc_auc."""
+    from dvt_search.stats.measures import auc
+
+    y = np.array([0, 1, 1, 0, 1, 0, 0])
+    s = np.array([0.1, 0.4, 0.4, 0.4, 0.9, 0.05, 0.6])
+    assert auc(y, s) == M.roc_auc(y, s) == pytest.approx(_pairwise_auc(y, s), abs=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the statistics name stays silent on a single class
+        assert math.isnan(auc(np.ones(4), np.arange(4.0)))
+        assert math.isnan(M.roc_auc(np.ones(4), np.arange(4.0), warn=False))

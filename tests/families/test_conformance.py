@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import math
 import pkgutil
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dvt_search import families
+from dvt_search.data.io import load_slice
+from dvt_search.data.schema import resolve
 from dvt_search.families.base import EpochReport, Family, FitData, Model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +77,42 @@ def test_checkpoint_round_trip_gives_identical_predictions(trained, tmp_path: Pa
     loaded = family.load(path)
     assert loaded.epochs_done == 1 and loaded.params == model.params
     np.testing.assert_allclose(loaded.predict(data.val), model.predict(data.val), rtol=0, atol=1e-6)
+
+
+def _raw_hu(dataset) -> np.ndarray:
+    """The dataset's slices as raw HU, straight from the files (what deployment gets from DICOM)."""
+    return np.stack(
+        [
+            load_slice(resolve(dataset.root, r.image_path), int(r.image_index))
+            for r in dataset.frame.itertuples()
+        ]
+    )
+
+
+def test_export_then_open_export_scores_like_predict(trained, tmp_path: Path) -> None:
+    """build -> fit -> export -> Family.open_export: the deployed scores are Model.predict's."""
+    family, model, _, data = trained
+    ckpt = model.save(tmp_path / "ckpt")
+    out = tmp_path / "export"
+    out.mkdir()
+    for f in ckpt.iterdir():  # what deploy.export copies: the checkpoint less its training-only files
+        if f.name not in model.training_only_files:
+            shutil.copy2(f, out / f.name)
+    info = model.export(out)
+    assert "torchscript" in info and isinstance(info["onnx"]["ok"], bool)
+    assert info["onnx"]["ok"] or info["onnx"]["error"]
+    json.dumps(info, default=float)  # export.json can record it
+    assert family.count_parameters(ckpt) == model.n_params()
+    scorer = family.open_export(out, model.spec)
+    hu = _raw_hu(data.val)
+    got = scorer.scores(hu, batch_size=3)
+    assert got.shape == (len(data.val),) and got.dtype == np.float64
+    np.testing.assert_allclose(got, model.predict(data.val), rtol=0, atol=1e-5)
+    maps = scorer.heatmaps(list(hu[:2]))
+    assert isinstance(scorer.heatmap_method, str) and scorer.heatmap_method
+    if maps is not None:
+        size = model.spec.image_size
+        assert maps.shape == (2, size, size) and np.all((maps >= 0) & (maps <= 1))
 
 
 def test_unknown_param_raises_key_error(family: type[Family], tiny) -> None:
