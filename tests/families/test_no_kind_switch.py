@@ -20,11 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("dvt_search", "bench")
 OWNER = "dvt_search/families/"
 
-#: TEMPORARY allow-list: runtime modules that still switch on ``setup.kind`` / ``family.kind`` until the
-#: lead's runtime branch (using ``Family.trial_needs`` / ``fit_options``) lands. The lead empties this set;
-#: only files under ``dvt_search/runtime/`` may ever be listed here.
-PENDING_RUNTIME: set[str] = set()
-
 _RECEIVER = re.compile(r"fam|model|setup|trial|spec|cls|export", re.IGNORECASE)
 
 
@@ -95,17 +90,12 @@ def test_the_scanner_flags_kind_switches_and_nothing_else() -> None:
     assert [line for line, _ in kind_switches(snippet, {"torch", "classic"})] == [1, 2, 3, 4, 5, 6]
 
 
-def test_pending_runtime_allow_list_holds_only_runtime_modules() -> None:
-    assert all(p.startswith("dvt_search/runtime/") for p in PENDING_RUNTIME)
-    assert all((REPO / p).is_file() for p in PENDING_RUNTIME), "drop deleted files from PENDING_RUNTIME"
-
-
 def test_no_module_outside_families_switches_on_kind() -> None:
     labels = _labels()
     offenders = []
     for path in _modules():
         rel = path.relative_to(REPO).as_posix()
-        if rel.startswith(OWNER) or rel in PENDING_RUNTIME:
+        if rel.startswith(OWNER):
             continue
         offenders += [f"{rel}:{line}: {code}" for line, code in kind_switches(path.read_text(), labels)]
     assert not offenders, "ask the family (a hook in families/base.py) instead of its kind:\n" + "\n".join(
