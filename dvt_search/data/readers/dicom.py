@@ -55,6 +55,9 @@ from . import (
     read_mask_volume,
     read_table,
 )
+from .discovery import DicomSeries, find_series
+
+__all__ = ["DicomSeries", "DicomVolume", "find_series", "iter_scans", "read_series"]
 
 log = logging.getLogger(__name__)
 
@@ -62,55 +65,21 @@ LABEL_COLUMNS = ("series", "slice", "label", "anatomy", "mask", "patient")
 
 
 @dataclass
-class DicomSeries:
-    """The files of one series (``uid`` hidden from ``repr``), in discovery order."""
-
-    uid: str = field(repr=False)
-    files: list[Path]
-
-    @property
-    def folder(self) -> Path:
-        """The folder holding the files (their common parent)."""
-        return Path(os.path.commonpath([f.parent for f in self.files]))
-
-
-@dataclass
 class DicomVolume:
-    """A read series: the scan, its voxel-to-RAS ``affine`` (None when ordered by InstanceNumber) and keys."""
+    """A read series: the scan, its voxel-to-RAS ``affine`` (None when ordered by InstanceNumber) and keys.
+
+    ``sop_uids`` (SOPInstanceUID per slice, ``""`` where blank) and ``positions`` (ImagePositionPatient
+    per slice, LPS mm, None without positions) follow the volume's slice order; they align DICOM SEG masks.
+    """
 
     scan: Scan
     affine: np.ndarray | None
     spacing: tuple[float, float, float]
     study_uid: str = field(repr=False)
     patient_id: str = field(repr=False)
-
-
-def find_series(roots: Path | str | Sequence[Path | str]) -> list[DicomSeries]:
-    """All image series under ``roots`` (folders walked recursively, or files), ordered by folder."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for root in map(Path, roots):
-        if not root.exists():
-            raise ReaderError(f"{root}: no such file or folder")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"])
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                log.debug("%s: not a DICOM file, skipped", f)
-                continue
-            if "Rows" not in ds:
-                continue
-            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-            if not uid:
-                log.warning("%s: image without SeriesInstanceUID, skipped", f)
-                continue
-            groups[uid].append(f)
-    series = [DicomSeries(uid, files) for uid, files in groups.items()]
-    return sorted(series, key=lambda s: (str(s.folder), str(s.files[0])))
+    sop_uids: list[str] = field(default_factory=list, repr=False)
+    positions: np.ndarray | None = field(default=None, repr=False)
+    orientation: np.ndarray | None = field(default=None, repr=False)
 
 
 def _floats(ds: Any, tag: str, n: int) -> np.ndarray | None:
@@ -154,10 +123,15 @@ def _check_consistent(datasets: list[tuple[Path, Any]]) -> None:
         raise ReaderError(f"{datasets[0][0]}: no valid PixelSpacing")
 
 
+TILT_TOLERANCE_DEG = 0.5
+"""Angle between the slice normal and the slice stacking direction above which a series counts as tilted."""
+
+
 def _order(
     datasets: list[tuple[Path, Any]], folder: Path
-) -> tuple[list[int], np.ndarray | None, float | None]:
-    """Slice order (inferior first), the unit normal and the median slice step (None when not known)."""
+) -> tuple[list[int], np.ndarray | None, float | None, np.ndarray | None]:
+    """Slice order (inferior first), the unit normal, the median slice step along the normal and the
+    stacking vector (mean position step between consecutive slices, LPS mm); None where not known."""
     iop = _floats(datasets[0][1], "ImageOrientationPatient", 6)
     ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in datasets]
     if iop is not None and all(p is not None for p in ipps):
@@ -172,16 +146,24 @@ def _order(
             a, b = datasets[order[k]][0], datasets[order[k + 1]][0]
             raise ReaderError(f"{b}: same slice position as {a} (duplicate slice?)")
         step = float(np.median(steps)) if steps.size else None
-        if step and np.any(np.abs(steps - step) > 0.1 * step):
-            log.warning(
-                "%s: uneven slice spacing (%.3g to %.3g mm): missing slices?",
-                folder,
-                steps.min(),
-                steps.max(),
-            )
-        return order, normal, step
+        if step:
+            for k in np.flatnonzero(np.abs(steps - step) > 0.1 * step)[:3]:
+                log.warning(
+                    "%s: %.3g mm from the previous slice (%s), the series' usual step is %.3g mm: "
+                    "missing slices or mixed spacing?",
+                    datasets[order[k + 1]][0],
+                    steps[k],
+                    datasets[order[k]][0].name,
+                    step,
+                )
+        stack = None
+        if len(order) > 1:
+            stack = (ipps[order[-1]] - ipps[order[0]]) / (len(order) - 1)
+        _check_tilt(datasets, order, normal, stack)
+        return order, normal, step, stack
     if len(datasets) == 1:
-        return [0], None, None
+        _check_tilt(datasets, [0], None, None)
+        return [0], None, None, None
     numbers = [ds.get("InstanceNumber") for _, ds in datasets]
     if any(n is None for n in numbers) or len(set(map(int, numbers))) != len(numbers):
         raise ReaderError(
@@ -192,7 +174,71 @@ def _order(
         "(slice 0 may not be the most inferior)",
         folder,
     )
-    return [int(i) for i in np.argsort([int(n) for n in numbers], kind="stable")], None, None
+    return [int(i) for i in np.argsort([int(n) for n in numbers], kind="stable")], None, None, None
+
+
+def _check_tilt(
+    datasets: list[tuple[Path, Any]], order: list[int], normal: np.ndarray | None, stack: np.ndarray | None
+) -> None:
+    """Warn (naming a file) when the gantry was tilted: GantryDetectorTilt != 0, or slices stacked
+    along a direction that is not the slice normal. The slices are used as acquired, not resampled."""
+    first = datasets[order[0]][0]
+    angle = None
+    if normal is not None and stack is not None and np.linalg.norm(stack) > 0:
+        cos = abs(float(stack @ normal)) / float(np.linalg.norm(stack))
+        angle = float(np.degrees(np.arccos(min(1.0, cos))))
+    tilts = {f: float(ds.get("GantryDetectorTilt", 0) or 0) for f, ds in datasets}
+    tilted = next((f for f, t in tilts.items() if abs(t) > 1e-3), None)
+    if (angle is not None and angle > TILT_TOLERANCE_DEG) or tilted is not None:
+        what = []
+        if tilted is not None:
+            what.append(f"GantryDetectorTilt {tilts[tilted]:g} degrees")
+        if angle is not None and angle > TILT_TOLERANCE_DEG:
+            what.append(f"slices stacked {angle:.1f} degrees off the slice normal")
+        log.warning(
+            "%s: gantry tilt (%s): slices are used as acquired, not resampled to an upright grid; "
+            "a NIfTI or SEG mask must lie on the same tilted grid",
+            tilted or first,
+            ", ".join(what),
+        )
+
+
+def _rescale(datasets: list[tuple[Path, Any]], folder: Path) -> None:
+    """Say what is assumed when RescaleSlope / RescaleIntercept are missing (naming a file)."""
+    for tag, default in (("RescaleSlope", "1"), ("RescaleIntercept", "0")):
+        missing = [f for f, ds in datasets if ds.get(tag) in (None, "")]
+        if missing:
+            log.warning(
+                "%s: no %s in %d of %d file(s) of %s; assuming %s (stored values taken as %s)",
+                missing[0],
+                tag,
+                len(missing),
+                len(datasets),
+                folder,
+                default,
+                "HU" if tag == "RescaleIntercept" else "HU steps",
+            )
+
+
+def _thickness(datasets: list[tuple[Path, Any]], order: list[int]) -> float | None:
+    """The most common SliceThickness (warning, naming a file, when they differ); None when absent."""
+    values = [float(ds.get("SliceThickness", 0) or 0) for _, ds in datasets]
+    present = [round(v, 3) for v in values if v > 0]
+    if not present:
+        return None
+    common = Counter(present).most_common(1)[0][0]
+    odd = [datasets[i][0] for i in order if values[i] > 0 and round(values[i], 3) != common]
+    if odd:
+        log.warning(
+            "%s: SliceThickness %g mm differs from %g mm in most of the series (%d file(s) differ): "
+            "mixed slice thickness; %g mm is recorded",
+            odd[0],
+            values[[f for f, _ in datasets].index(odd[0])],
+            common,
+            len(odd),
+            common,
+        )
+    return float(common)
 
 
 def _one_value(datasets: list[tuple[Path, Any]], tag: str, folder: Path) -> str:
@@ -213,7 +259,8 @@ def read_series(series: DicomSeries) -> DicomVolume:
         except Exception as exc:  # corrupt files raise many types
             raise ReaderError(f"{f}: cannot read DICOM: {type(exc).__name__}: {exc}") from exc
     _check_consistent(datasets)
-    order, normal, step = _order(datasets, series.folder)
+    order, normal, step, stack = _order(datasets, series.folder)
+    _rescale(datasets, series.folder)
     ref = datasets[order[0]][1]
     if str(ref.get("Modality", "")) != "CT":
         log.warning(
@@ -229,37 +276,58 @@ def read_series(series: DicomSeries) -> DicomVolume:
             name = getattr(syntax, "name", "unknown transfer syntax")
             raise ReaderError(f"{f}: cannot decode pixel data ({name}): {type(exc).__name__}: {exc}") from exc
     ps = _floats(ref, "PixelSpacing", 2)
-    thickness = float(ref.get("SliceThickness", 0) or 0) or step
+    thickness = _thickness(datasets, order) or step
     if not thickness or thickness <= 0:
         raise ReaderError(f"{datasets[order[0]][0]}: no SliceThickness and the slice spacing is unknown")
-    affine = None
+    affine = positions = iop = None
     if normal is not None:
         iop = _floats(ref, "ImageOrientationPatient", 6)
+        positions = np.stack([_floats(datasets[i][1], "ImagePositionPatient", 3) for i in order])
+        axis0 = normal * (step or thickness)
+        if stack is not None and step:
+            unit = stack / np.linalg.norm(stack)
+            if abs(float(unit @ normal)) < np.cos(np.radians(TILT_TOLERANCE_DEG)):  # tilted: shear along z
+                axis0 = unit * step / float(unit @ normal)
         affine = np.eye(4)
-        affine[:3, 0] = normal * (step or thickness)
+        affine[:3, 0] = axis0
         affine[:3, 1] = iop[3:] * ps[0]
         affine[:3, 2] = iop[:3] * ps[1]
-        affine[:3, 3] = _floats(ref, "ImagePositionPatient", 3)
+        affine[:3, 3] = positions[0]
         affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS, as NIfTI affines are
     scan = Scan(vol, None, float(ps[0]), float(ps[1]), float(thickness), "dicom", str(series.folder))
     study = _one_value(datasets, "StudyInstanceUID", series.folder)
     patient = _one_value(datasets, "PatientID", series.folder)
-    return DicomVolume(scan, affine, (float(step or thickness), float(ps[0]), float(ps[1])), study, patient)
+    sops = [str(datasets[i][1].get("SOPInstanceUID", "") or "").strip() for i in order]
+    return DicomVolume(
+        scan,
+        affine,
+        (float(step or thickness), float(ps[0]), float(ps[1])),
+        study,
+        patient,
+        sops,
+        positions,
+        iop,
+    )
 
 
 def _match(
     series: list[DicomSeries], roots: list[Path], csv_path: Path, rows: list[TableRow]
 ) -> dict[int, list[TableRow]]:
     """Label rows grouped by the index of the series they name."""
-    by_uid = {s.uid: k for k, s in enumerate(series)}
+    by_uid = {s.uid: k for k, s in enumerate(series) if s.uid}
+    by_key: dict[str, list[int]] = defaultdict(list)
     by_folder: dict[Path, list[int]] = defaultdict(list)
     for k, s in enumerate(series):
         by_folder[s.folder.resolve()].append(k)
+        by_key[s.key].append(k)
     out: dict[int, list[TableRow]] = defaultdict(list)
     for row in rows:
         key = row.get("series")
         if key in by_uid:
             out[by_uid[key]].append(row)
+            continue
+        if ":" in key and len(by_key.get(key, [])) == 1:  # a series key of a folder holding several
+            out[by_key[key][0]].append(row)
             continue
         p = Path(key).expanduser()
         hits = {
@@ -269,11 +337,13 @@ def _match(
         }
         if len(hits) > 1:
             raise ReaderError(
-                f"{row.where(csv_path, 'series')}: folder holds {len(hits)} series; name one by SeriesInstanceUID"
+                f"{row.where(csv_path, 'series')}: folder holds {len(hits)} series; name one by its series key "
+                f"({', '.join(series[k].key for k in sorted(hits))}) or SeriesInstanceUID"
             )
         if not hits:
             raise ReaderError(
-                f"{row.where(csv_path, 'series')}: no DICOM series with that UID or folder under the ingest root"
+                f"{row.where(csv_path, 'series')}: no DICOM series with that UID, series key or folder under "
+                "the ingest root"
             )
         out[hits.pop()].append(row)
     return out
@@ -344,4 +414,5 @@ def _labeled(
     patient = patients.pop() if patients else vol.patient_id
     if not patient:
         raise ReaderError(f"{series.folder}: no PatientID in the files; add a patient column to {csv_path}")
-    return LabeledScan(vol.scan, patient, vol.study_uid or series.uid, series.uid, labels, sites)
+    study = vol.study_uid or series.uid or "folder\0" + series.key.rsplit(":", 1)[0]  # no UIDs: the folder
+    return LabeledScan(vol.scan, patient, study, series.scan_key, labels, sites)
