@@ -205,19 +205,27 @@ def _check_tilt(
 
 def _rescale(datasets: list[tuple[Path, Any]], folder: Path) -> None:
     """Say what is assumed when RescaleSlope / RescaleIntercept are missing (naming a file)."""
-    for tag, default in (("RescaleSlope", "1"), ("RescaleIntercept", "0")):
-        missing = [f for f, ds in datasets if ds.get(tag) in (None, "")]
-        if missing:
-            log.warning(
-                "%s: no %s in %d of %d file(s) of %s; assuming %s (stored values taken as %s)",
-                missing[0],
-                tag,
-                len(missing),
-                len(datasets),
-                folder,
-                default,
-                "HU" if tag == "RescaleIntercept" else "HU steps",
-            )
+    missing = {
+        tag: [f for f, ds in datasets if ds.get(tag) in (None, "")]
+        for tag in ("RescaleSlope", "RescaleIntercept")
+    }
+    files = missing["RescaleSlope"] or missing["RescaleIntercept"]
+    if not files:
+        return
+    tags = [t for t, fs in missing.items() if fs]
+    unsigned = any(int(ds.get("PixelRepresentation", 0) or 0) == 0 for _, ds in datasets)
+    log.warning(
+        "%s: no %s in %d of %d file(s) of %s; assuming %s, so stored values are taken as HU%s",
+        files[0],
+        "/".join(tags),
+        max(len(fs) for fs in missing.values()),
+        len(datasets),
+        folder,
+        " and ".join({"RescaleSlope": "slope 1", "RescaleIntercept": "intercept 0"}[t] for t in tags),
+        " (unsigned pixels: if they hold HU+1024, every value reads 1024 too high)"
+        if unsigned and "RescaleIntercept" in tags
+        else "",
+    )
 
 
 def _thickness(datasets: list[tuple[Path, Any]], order: list[int]) -> float | None:

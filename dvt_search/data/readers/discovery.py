@@ -211,11 +211,11 @@ def find_series(roots: Path | str | Sequence[Path | str]) -> list[DicomSeries]:
                 by_geometry[(f.parent, *_geometry_key(ds))].append(f)
     skipped.close()
     series = [DicomSeries(uid, files) for uid, files in by_uid.items()]
-    no_uid: dict[str, list[int]] = defaultdict(list)  # relative folder -> file count of each group
+    no_uid: dict[str, list[int]] = defaultdict(list)  # folder (for messages) -> file count of each group
     for gkey, files in by_geometry.items():
         folder, root = gkey[0], root_of[files[0]]
         rel = "." if folder == root or root.is_file() else _rel(folder, root)
-        no_uid[rel].append(len(files))
+        no_uid[str(folder) if rel == "." else rel].append(len(files))
         series.append(DicomSeries("", files, group="nouid\0" + rel + "\0" + repr(gkey[1:])))
     for rel, counts in no_uid.items():
         log.warning(
