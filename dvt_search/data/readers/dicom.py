@@ -363,25 +363,60 @@ def iter_scans(
     *,
     anatomy: str,
     allow_missing_masks: bool = False,
+    seg: Sequence[Path | str] = (),
+    seg_segment: str | None = None,
 ) -> Iterator[LabeledScan]:
-    """Yield every labelled series as a :class:`LabeledScan` (one series in memory at a time)."""
+    """Yield every labelled series as a :class:`LabeledScan` (one series in memory at a time).
+
+    ``seg``: DICOM SEG files or folders; each series without a ``mask`` cell takes its mask from the SEG
+    drawn on it (:mod:`.seg`), ``seg_segment`` naming the vein segment(s).
+    """
+    from .seg import find_segs
+
     root_list = [Path(r) for r in ([roots] if isinstance(roots, (str, os.PathLike)) else roots)]
     csv_path = Path(labels_csv)
     rows = read_table(csv_path, ("series", "slice", "label"), LABEL_COLUMNS)
+    segs = find_segs(list(seg)) if seg else []
     series = find_series(root_list)
     if not series:
         raise ReaderError(f"no DICOM image series under {', '.join(map(str, root_list))}")
     matched = _match(series, [r.resolve() for r in root_list], csv_path, rows)
-    skipped = [str(s.folder) for k, s in enumerate(series) if k not in matched]
+    skipped = [s.key for k, s in enumerate(series) if k not in matched]
     if skipped:
         log.warning("%d series have no labels and are skipped: %s", len(skipped), ", ".join(skipped[:10]))
+    used: set[Path] = set()
     for k in sorted(matched):
-        yield _labeled(series[k], matched[k], csv_path, anatomy, allow_missing_masks)
+        yield _labeled(series[k], matched[k], csv_path, anatomy, allow_missing_masks, segs, seg_segment, used)
+    unused = [str(s.path) for s in segs if s.path not in used]
+    if unused:
+        log.warning("%d SEG file(s) fit none of the labelled series: %s", len(unused), ", ".join(unused[:10]))
+
+
+def _seg_for(series: DicomSeries, vol: DicomVolume, segs: list[Any], where: str) -> Any | None:
+    """The one SEG of ``segs`` drawn on this series (None when none is; an error when several are)."""
+    from .seg import refers_to
+
+    hits = [s for s in segs if refers_to(s, series.uid, vol)]
+    if len(hits) > 1:
+        raise ReaderError(
+            f"{where}: {len(hits)} SEG files fit this series ({', '.join(str(h.path) for h in hits)}); "
+            "name one in the labels CSV's mask column"
+        )
+    return hits[0] if hits else None
 
 
 def _labeled(
-    series: DicomSeries, rows: list[TableRow], csv_path: Path, anatomy: str, allow_missing: bool
+    series: DicomSeries,
+    rows: list[TableRow],
+    csv_path: Path,
+    anatomy: str,
+    allow_missing: bool,
+    segs: list[Any] = (),  # type: ignore[assignment]
+    seg_segment: str | None = None,
+    used: set[Path] | None = None,
 ) -> LabeledScan:
+    from .seg import choose_segments, is_seg, open_seg, seg_mask
+
     vol = read_series(series)
     n = vol.scan.image.shape[0]
     labels: dict[int, int] = {}
@@ -405,19 +440,27 @@ def _labeled(
     patients = {row.get("patient") for row in rows} - {""}
     if len(masks) > 1 or len(patients) > 1:
         raise ReaderError(f"{csv_path}: rows for {series.folder} give different mask or patient values")
+    where = f"{csv_path} mask for {series.folder}"
     if masks:
         text = masks.pop()
         path = Path(text).expanduser() if Path(text).is_absolute() else csv_path.parent / text
-        vol.scan.mask = read_mask_volume(
-            path, vol.scan.image.shape, vol.affine, vol.spacing, f"{csv_path} mask for {series.folder}"
-        )
+        if path.is_file() and not path.name.lower().endswith((".npy", ".nii", ".nii.gz")) and is_seg(path):
+            found = open_seg(path)
+            vol.scan.mask = seg_mask(found, vol, choose_segments(found, seg_segment), where)
+        else:
+            vol.scan.mask = read_mask_volume(path, vol.scan.image.shape, vol.affine, vol.spacing, where)
+    elif (found := _seg_for(series, vol, list(segs), where)) is not None:
+        vol.scan.mask = seg_mask(found, vol, choose_segments(found, seg_segment), where)
+        if used is not None:
+            used.add(found.path)
     elif allow_missing:
         log.warning(
             "%s: no mask given; writing an all-zero mask (its patch arrays will be all 0)", series.folder
         )
     else:
         raise ReaderError(
-            f"{csv_path}: no mask for series in {series.folder} (add a mask column or pass --allow-missing-masks)"
+            f"{csv_path}: no mask for series in {series.folder} (add a mask column, pass --seg or "
+            "--allow-missing-masks)"
         )
     patient = patients.pop() if patients else vol.patient_id
     if not patient:
