@@ -106,6 +106,7 @@ def _exam_with_scout(root: Path, *, uids: bool) -> Path:
         )
         for f in files:
             ds = pydicom.dcmread(f)
+            ds.PatientID = "PHANTOM-7"  # one patient, two series
             if not uids:
                 blank_uids(ds)
             ds.save_as(exam / f"{name}{f.name}")
@@ -239,3 +240,22 @@ def test_gap_in_positions_names_the_file(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING):
         read_series(find_series(tmp_path)[0])
     assert f"{folder / '01.dcm'}: 10 mm from the previous slice (03.dcm)" in caplog.text
+
+
+def test_ingest_names_uid_less_series_by_key_and_keeps_them_apart(tmp_path: Path) -> None:
+    from dvt_search.data.ingest import ingest_dicom
+    from dvt_search.data.schema import read_manifest
+
+    _exam_with_scout(tmp_path / "in", uids=False)
+    labels = tmp_path / "labels.csv"
+    kw = dict(labels_csv=labels, salt="s", allow_missing_masks=True)
+    labels.write_text("series,slice,label\nexam,all,0\n")
+    with pytest.raises(
+        ReaderError, match=r"folder holds 2 series; name one by its series key \(exam:1, exam:2\)"
+    ):
+        ingest_dicom(tmp_path / "in", tmp_path / "bad", **kw)
+    labels.write_text("series,slice,label\nexam:1,all,0\nexam:2,0-1,1\n")
+    df = read_manifest(ingest_dicom(tmp_path / "in", tmp_path / "out", **kw))
+    sizes = df.groupby("scan_id").size().sort_values().tolist()
+    assert sizes == [2, 5] and df.patient_id.nunique() == 1 and df.study_id.nunique() == 1
+    _no_phi(df.to_csv())

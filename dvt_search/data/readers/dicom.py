@@ -1,34 +1,47 @@
 """DICOM CT series: discovery, slice ordering, HU conversion, masks and labels.
 
-Series are found by walking folders and grouping Part-10 files (with the ``DICM`` header) that hold an
-image by SeriesInstanceUID; other files are skipped. Compressed transfer syntaxes decode through
-pydicom's plugins (JPEG baseline/extended/lossless via pylibjpeg-libjpeg, JPEG 2000 via
-pylibjpeg-openjpeg, JPEG-LS via pyjpegls, RLE). Pixels become HU with RescaleSlope/RescaleIntercept.
+Series are found by walking folders (:mod:`.discovery`): Part-10 files (with the ``DICM`` header) are
+grouped by SeriesInstanceUID or, where that UID is blank (de-identified data), by folder + geometry
+(orientation, pixel spacing, size, series number), with a warning. Scouts/localizers, dose reports and
+other structured reports, secondary captures, SEG/RTSTRUCT and other non-image objects, multi-frame and
+non-axial images are skipped with a one-line reason naming the file (path relative to the root). Each
+series has a **series key**: its folder relative to the root, plus ``:k`` when the folder holds several.
+Compressed transfer syntaxes decode through pydicom's plugins (JPEG baseline/extended/lossless via
+pylibjpeg-libjpeg, JPEG 2000 via pylibjpeg-openjpeg, JPEG-LS via pyjpegls, RLE). Pixels become HU with
+RescaleSlope/RescaleIntercept (missing: slope 1 / intercept 0 assumed, with a warning naming a file).
 Slices are ordered by ImagePositionPatient projected on the slice normal (cross product of the two
 ImageOrientationPatient directions, signed to point superior), so slice 0 is the most inferior; without
 position/orientation the order falls back to InstanceNumber, with a warning. A series whose files differ
-in rows, columns, pixel spacing or orientation, hold colour or multi-frame images, or share a position is
-rejected naming the file. In-plane orientation is kept as stored. Header values (names, ids, dates) are
-never logged or written; the PatientID is only handed to ingest for pseudonymization.
+in rows, columns, pixel spacing or orientation, hold colour images, or share a position is rejected
+naming the file; gantry tilt (GantryDetectorTilt, or slices stacked off the slice normal), mixed slice
+thickness and uneven slice spacing are warnings naming the file (slices are kept as acquired, not
+resampled). In-plane orientation is kept as stored. Header values (names, ids, dates, UIDs) are never
+logged or written; the PatientID and UIDs are only handed to ingest for pseudonymization.
 
 Labels CSV for ``dvt-search data ingest dicom`` (paths relative to the CSV's folder)::
 
     series,slice,label,anatomy,mask,patient
     1.2.840.113619.2.55.3.1234,0-40,0,femoral,masks/s1.nii.gz,
     1.2.840.113619.2.55.3.1234,41-60,1,,,
-    patient07/ct_venous,all,0,iliac,,
+    patient07/ct_venous,all,0,iliac,seg/p07_veins.dcm,
+    patient08:2,all,0,,,
 
-* ``series`` (required): the SeriesInstanceUID, or the folder holding the series' files (relative to the
-  ingest root, or absolute) when that folder holds exactly one series.
+* ``series`` (required): the SeriesInstanceUID, the series key (``folder:k`` for a folder holding
+  several series), or the folder holding the series' files (relative to the ingest root, or absolute)
+  when that folder holds exactly one series.
 * ``slice`` (required): ``k``, an inclusive range ``a-b`` or ``all``, counted after ordering (0 = most
   inferior). Slices not covered are left out of the manifest (their pixels are still stored).
 * ``label`` (required): ``0`` / ``1`` (clot in the slice). ``anatomy``: ``femoral`` / ``iliac`` (empty:
   ``--anatomy``).
-* ``mask``: vein mask volume for the series (DICOM SEG is not read): NIfTI (reoriented onto the series'
-  voxel grid from its affine, which must match) or ``.npy`` ``[Z, H, W]`` already in the ingest order. Give
-  it on one row of the series (or the same path on several). Without one, ``--allow-missing-masks`` writes
-  an all-zero mask; otherwise the series is an error.
+* ``mask``: vein mask for the series: a DICOM SEG file (aligned by referenced SOP instances, or by slice
+  positions when UIDs are blank; ``--seg-segment`` picks the segment), NIfTI (reoriented onto the
+  series' voxel grid from its affine, which must match) or ``.npy`` ``[Z, H, W]`` already in the ingest
+  order. Give it on one row of the series (or the same path on several). Without one, the SEG among
+  ``--seg`` drawn on the series is used; else ``--allow-missing-masks`` writes an all-zero mask;
+  otherwise the series is an error.
 * ``patient``: optional original patient key overriding the header PatientID (pseudonymized the same way).
+
+Without UIDs, the study of a series is its folder (minus ``:k``), for the pseudonymized study id.
 """
 
 from __future__ import annotations
