@@ -45,8 +45,10 @@ def ct_series(folder: Path, n: int = N, z0: float = -75.7) -> list[pydicom.Datas
     return out  # inferior first
 
 
-def write_seg(path: Path, sources: list[pydicom.Dataset], masks: dict[str, np.ndarray]) -> Path:
-    """A BINARY SEG (one segment per label) over ``sources``, written by highdicom."""
+def write_seg(
+    path: Path, sources: list[pydicom.Dataset], masks: dict[str, np.ndarray], kind: str = "BINARY"
+) -> Path:
+    """A SEG of type ``kind`` (one segment per label) over ``sources``, written by highdicom."""
     descs = [
         hd.seg.SegmentDescription(
             segment_number=i,
@@ -59,8 +61,10 @@ def write_seg(path: Path, sources: list[pydicom.Dataset], masks: dict[str, np.nd
     ]
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=np.stack(list(masks.values()), axis=-1).astype(bool),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=np.stack(list(masks.values()), axis=-1).astype(
+            np.float32 if kind == "FRACTIONAL" else bool
+        ),
+        segmentation_type=hd.seg.SegmentationTypeValues[kind],
         segment_descriptions=descs,
         series_instance_uid=generate_uid(),
         series_number=99,
@@ -105,11 +109,12 @@ def ingest(tmp_path: Path, labels: str, *extra: str) -> tuple[int, Path]:
     return code, out
 
 
-def test_seg_by_referenced_instances_ingests_and_validates(tmp_path: Path, capsys, caplog) -> None:
+@pytest.mark.parametrize("kind", ["BINARY", "FRACTIONAL", "LABELMAP"])
+def test_seg_by_referenced_instances_ingests_and_validates(tmp_path: Path, capsys, caplog, kind: str) -> None:
     caplog.set_level(logging.INFO)
     sources = ct_series(tmp_path / "in" / "ct")
     mask = vein_mask()
-    write_seg(tmp_path / "seg" / "vein.dcm", sources, {"femoral vein": mask})
+    write_seg(tmp_path / "seg" / "vein.dcm", sources, {"femoral vein": mask}, kind)
     code, out = ingest(tmp_path, "series,slice,label\nct,all,0\n", "--seg", str(tmp_path / "seg"))
     assert code == 0, capsys.readouterr().err
     assert "aligned by referenced SOP instances" in caplog.text
@@ -136,12 +141,16 @@ def _blank_seg_references(path: Path) -> None:
     ds.save_as(path)
 
 
-@pytest.mark.parametrize("blank_seg", [False, True])
-def test_seg_aligned_by_positions_when_uids_are_blanked(tmp_path: Path, capsys, caplog, blank_seg) -> None:
+@pytest.mark.parametrize(
+    "blank_seg, kind", [(False, "BINARY"), (True, "BINARY"), (True, "FRACTIONAL"), (True, "LABELMAP")]
+)
+def test_seg_aligned_by_positions_when_uids_are_blanked(
+    tmp_path: Path, capsys, caplog, blank_seg: bool, kind: str
+) -> None:
     caplog.set_level(logging.INFO)
     sources = ct_series(tmp_path / "in" / "ct")
     mask = vein_mask()
-    seg = write_seg(tmp_path / "vein_seg", sources, {"femoral vein": mask})
+    seg = write_seg(tmp_path / "vein_seg", sources, {"femoral vein": mask}, kind)
     if blank_seg:
         _blank_seg_references(seg)
     for f in (tmp_path / "in" / "ct").iterdir():  # de-identified series: every UID blank

@@ -424,7 +424,7 @@ def _labeled(
     csv_path: Path,
     anatomy: str,
     allow_missing: bool,
-    segs: list[Any] = (),  # type: ignore[assignment]
+    segs: Sequence[Any] = (),
     seg_segment: str | None = None,
     used: set[Path] | None = None,
 ) -> LabeledScan:
@@ -457,7 +457,9 @@ def _labeled(
     if masks:
         text = masks.pop()
         path = Path(text).expanduser() if Path(text).is_absolute() else csv_path.parent / text
-        if path.is_file() and not path.name.lower().endswith((".npy", ".nii", ".nii.gz")) and is_seg(path):
+        if path.is_file() and not path.name.lower().endswith((".npy", ".nii", ".nii.gz")):
+            if not is_seg(path):
+                raise ReaderError(f"{where}: {path} is not a DICOM SEG, .npy or .nii[.gz] mask")
             found = open_seg(path)
             vol.scan.mask = seg_mask(found, vol, choose_segments(found, seg_segment), where)
         else:

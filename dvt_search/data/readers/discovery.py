@@ -107,7 +107,7 @@ def skip_reason(ds: Any) -> str | None:
     modality = str(ds.get("Modality", "") or "").upper()
     if sop == "1.2.840.10008.1.3.10":
         return "DICOMDIR (a media index, not an image)"
-    if sop == "1.2.840.10008.5.1.4.1.1.66.4" or modality == "SEG":
+    if sop in ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7") or modality == "SEG":
         return "DICOM SEG segmentation (give it with --seg or in the labels CSV's mask column)"
     if sop.startswith("1.2.840.10008.5.1.4.1.1.88.") or modality == "SR":
         return f"structured report ({name}; e.g. a dose report), not an image"

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")  # SEG, label map SEG
 
 
 @dataclass
@@ -61,7 +61,7 @@ def is_seg(path: Path) -> bool:
     except Exception:  # not DICOM or unreadable: not a SEG
         return False
     sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")
-    return str(sop) == SEG_SOP_CLASS
+    return str(sop) in SEG_SOP_CLASSES
 
 
 def open_seg(path: str | os.PathLike[str]) -> SegFile:
@@ -90,7 +90,7 @@ def find_segs(paths: Sequence[str | os.PathLike[str]]) -> list[SegFile]:
     for p in map(Path, paths):
         if p.is_file():
             if not is_seg(p):
-                raise ReaderError(f"{p}: not a DICOM SEG file (SOP class Segmentation Storage expected)")
+                raise ReaderError(f"{p}: not a DICOM SEG file (SOP class (Label Map) Segmentation Storage expected)")
             out.append(open_seg(p))
         elif p.is_dir():
             out.extend(open_seg(f) for f in sorted(p.rglob("*")) if f.is_file() and is_seg(f))
