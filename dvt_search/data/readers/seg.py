@@ -90,7 +90,9 @@ def find_segs(paths: Sequence[str | os.PathLike[str]]) -> list[SegFile]:
     for p in map(Path, paths):
         if p.is_file():
             if not is_seg(p):
-                raise ReaderError(f"{p}: not a DICOM SEG file (SOP class (Label Map) Segmentation Storage expected)")
+                raise ReaderError(
+                    f"{p}: not a DICOM SEG file (SOP class (Label Map) Segmentation Storage expected)"
+                )
             out.append(open_seg(p))
         elif p.is_dir():
             out.extend(open_seg(f) for f in sorted(p.rglob("*")) if f.is_file() and is_seg(f))
