@@ -141,14 +141,14 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=[],
         metavar="DIR_OR_FILE",
-        help="DICOM SEG file(s) or folder(s): each series without a mask cell takes the SEG drawn on it "
-        "(matched by UIDs, or by slice positions when UIDs are blank); repeatable",
+        help="DICOM SEG (or RTSTRUCT) file(s) or folder(s): each series without a mask cell takes the one "
+        "drawn on it (matched by UIDs, or by slice positions when UIDs are blank); repeatable",
     )
     d.add_argument(
         "--seg-segment",
         metavar="NUMBERS_OR_LABELS",
-        help="the vein segment(s) of the SEGs, comma-separated (default: the only segment, or the one "
-        "whose label or type mentions a vein)",
+        help="the vein segment(s) (SEG segment or RTSTRUCT ROI numbers or names), comma-separated "
+        "(default: the only one, or the one whose label or type mentions a vein)",
     )
     n = kinds.add_parser(
         "nifti", help="NIfTI volumes", description=_doc(readers + "nifti"), formatter_class=_fmt()

@@ -206,4 +206,85 @@ def test_seg_of_another_series_is_an_error_and_nothing_is_written(tmp_path: Path
 def test_seg_option_rejects_a_file_that_is_not_a_seg(tmp_path: Path, capsys) -> None:
     ct_series(tmp_path / "in" / "ct")
     code, _ = ingest(tmp_path, "series,slice,label\nct,all,0\n", "--seg", get_testdata_file("CT_small.dcm"))
-    assert code == 1 and "not a DICOM SEG file" in capsys.readouterr().err
+    assert code == 1 and "not a DICOM SEG or RTSTRUCT file" in capsys.readouterr().err
+
+
+def write_rtstruct(
+    path: Path, sources: list[pydicom.Dataset], contours: dict[str, list[tuple[int, list]]]
+) -> Path:
+    """A minimal RT structure set: ROI name -> [(slice, [(col, row) pixel vertices])] on ``sources``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTStructureSetStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.preamble = meta, b"\0" * 128
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
+        RTStructureSetStorage,
+        meta.MediaStorageSOPInstanceUID,
+        "RTSTRUCT",
+    )
+    ds.PatientName, ds.PatientID, ds.StructureSetLabel = "PHANTOM^ANON", "PHANTOM-1", "veins"
+    series = Dataset()
+    series.SeriesInstanceUID = sources[0].SeriesInstanceUID
+    study = Dataset()
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame = Dataset()
+    frame.RTReferencedStudySequence = Sequence([study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    rois, roi_contours = [], []
+    for number, (name, items) in enumerate(contours.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName = number, name
+        rois.append(roi)
+        seq = []
+        for z, vertices in items:
+            src = sources[z]
+            ipp, ps = np.asarray(src.ImagePositionPatient, float), float(src.PixelSpacing[0])
+            c = Dataset()
+            c.ContourGeometricType = "CLOSED_PLANAR"
+            c.ContourData = [v for col, row in vertices for v in (ipp + [col * ps, row * ps, 0.0]).round(4)]
+            c.NumberOfContourPoints = len(vertices)
+            ref = Dataset()
+            ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+            c.ContourImageSequence = Sequence([ref])
+            seq.append(c)
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ContourSequence = number, Sequence(seq)
+        roi_contours.append(rc)
+    ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(rois), Sequence(roi_contours)
+    ds.save_as(path, enforce_file_format=False)
+    return path
+
+
+def _box(c0: int, r0: int, c1: int, r1: int) -> list[tuple[int, int]]:
+    return [(c0, r0), (c1, r0), (c1, r1), (c0, r1)]
+
+
+@pytest.mark.parametrize("blank", [False, True])
+def test_rtstruct_contours_become_the_mask(tmp_path: Path, capsys, blank: bool) -> None:
+    sources = ct_series(tmp_path / "in" / "ct")
+    rt = write_rtstruct(
+        tmp_path / "rt.dcm",
+        sources,
+        {
+            "artery": [(2, _box(0, 0, 9, 9))],
+            "femoral vein": [(1, _box(30, 40, 49, 59)), (1, _box(35, 45, 44, 54))],
+        },
+    )
+    if blank:
+        for f in (tmp_path / "in" / "ct").iterdir():
+            ds = pydicom.dcmread(f)
+            blank_uids(ds)
+            ds.save_as(f)
+    expected = np.zeros((N, 128, 128), np.uint8)
+    expected[1, 40:60, 30:50] = 1
+    expected[1, 45:55, 35:45] = 0  # the inner contour (outline included) is a hole
+    code, out = ingest(tmp_path, "series,slice,label\nct,all,0\n", "--seg", str(rt))
+    assert code == 0, capsys.readouterr().err
+    scan = pd.read_parquet(out / "manifest.parquet").scan_id[0]
+    np.testing.assert_array_equal(np.load(out / "volumes" / scan / "mask.npy"), expected)
+    assert main(["data", "validate", str(out / "manifest.parquet")]) == 0

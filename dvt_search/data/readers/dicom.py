@@ -34,7 +34,7 @@ Labels CSV for ``dvt-search data ingest dicom`` (paths relative to the CSV's fol
 * ``label`` (required): ``0`` / ``1`` (clot in the slice). ``anatomy``: ``femoral`` / ``iliac`` (empty:
   ``--anatomy``).
 * ``mask``: vein mask for the series: a DICOM SEG file (aligned by referenced SOP instances, or by slice
-  positions when UIDs are blank; ``--seg-segment`` picks the segment), NIfTI (reoriented onto the
+  positions when UIDs are blank; ``--seg-segment`` picks the segment) or RTSTRUCT (contours filled), NIfTI (reoriented onto the
   series' voxel grid from its affine, which must match) or ``.npy`` ``[Z, H, W]`` already in the ingest
   order. Give it on one row of the series (or the same path on several). Without one, the SEG among
   ``--seg`` drawn on the series is used; else ``--allow-missing-masks`` writes an all-zero mask;
@@ -428,7 +428,7 @@ def _labeled(
     seg_segment: str | None = None,
     used: set[Path] | None = None,
 ) -> LabeledScan:
-    from .seg import choose_segments, is_seg, open_seg, seg_mask
+    from .seg import choose_segments, is_mask_object, open_mask_object, seg_mask
 
     vol = read_series(series)
     n = vol.scan.image.shape[0]
@@ -458,9 +458,9 @@ def _labeled(
         text = masks.pop()
         path = Path(text).expanduser() if Path(text).is_absolute() else csv_path.parent / text
         if path.is_file() and not path.name.lower().endswith((".npy", ".nii", ".nii.gz")):
-            if not is_seg(path):
-                raise ReaderError(f"{where}: {path} is not a DICOM SEG, .npy or .nii[.gz] mask")
-            found = open_seg(path)
+            if not is_mask_object(path):
+                raise ReaderError(f"{where}: {path} is not a DICOM SEG/RTSTRUCT, .npy or .nii[.gz] mask")
+            found = open_mask_object(path)
             vol.scan.mask = seg_mask(found, vol, choose_segments(found, seg_segment), where)
         else:
             vol.scan.mask = read_mask_volume(path, vol.scan.image.shape, vol.affine, vol.spacing, where)

@@ -4,8 +4,8 @@ Every file under the roots is opened header-only. Files that are not DICOM are i
 objects that are not usable axial CT slices are skipped with a one-line reason each, naming the file by its
 path relative to the root it was found under (never a header value):
 
-* non-image objects: structured reports (dose reports among them), DICOM SEG (read with ``--seg``),
-  RT structure sets, DICOMDIR indexes, presentation states, anything without pixel rows;
+* non-image objects: structured reports (dose reports among them), DICOM SEG and RT structure sets
+  (read with ``--seg``), DICOMDIR indexes, presentation states, anything without pixel rows;
 * secondary captures (SOP class Secondary Capture: dose screens, screenshots);
 * localizers / scouts (``LOCALIZER`` in ImageType);
 * images that are not axial: the slice normal (ImageOrientationPatient) more than
@@ -109,6 +109,8 @@ def skip_reason(ds: Any) -> str | None:
         return "DICOMDIR (a media index, not an image)"
     if sop in ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7") or modality == "SEG":
         return "DICOM SEG segmentation (give it with --seg or in the labels CSV's mask column)"
+    if sop == "1.2.840.10008.5.1.4.1.1.481.3" or modality == "RTSTRUCT":
+        return "RT structure set (give it with --seg or in the labels CSV's mask column)"
     if sop.startswith("1.2.840.10008.5.1.4.1.1.88.") or modality == "SR":
         return f"structured report ({name}; e.g. a dose report), not an image"
     if sop.startswith("1.2.840.10008.5.1.4.1.1.7"):

@@ -1,4 +1,4 @@
-"""DICOM SEG vein masks, read with highdicom and put on a CT series' slices.
+"""DICOM SEG vein masks, read with highdicom and put on a CT series' slices (RTSTRUCT: :mod:`.rtstruct`).
 
 Library choice: **highdicom** (Imaging Data Commons / MGH; frequent releases, 0.28 in 2025) implements the
 Segmentation IOD for writing and reading, requires pydicom >= 3.0.1 and indexes SEG frames by their
@@ -14,7 +14,8 @@ Alignment of a SEG to a series (slice order: 0 = most inferior):
    ImagePositionPatient must fall on one slice of the series (within a tenth of the slice step and of a
    pixel), with the same ImageOrientationPatient and rows/columns; a frame that fits no slice is an error.
 
-Slices the SEG has no frame for get an empty mask. Segment choice (``--seg-segment``): segment numbers
+Slices the SEG has no frame for get an empty mask. RT structure sets given the same way are rasterized by
+:mod:`.rtstruct` (ROI numbers/names play the segments). Segment choice (``--seg-segment``): segment numbers
 or labels, comma-separated (their union is the mask); by default the only segment, or the one segment
 whose label or property type mentions a vein. BINARY, FRACTIONAL (>= half the maximum) and LABELMAP
 segmentations are read.
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import ReaderError
+from .rtstruct import RtStructFile
 
 if TYPE_CHECKING:
     from .dicom import DicomVolume
@@ -52,16 +54,33 @@ class SegFile:
     sop_uids: set[str] = field(default_factory=set, repr=False)
 
 
-def is_seg(path: Path) -> bool:
-    """Whether ``path`` is a DICOM file of the Segmentation Storage SOP class (header peek)."""
+def _sop_class(path: Path) -> str:
     import pydicom
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except Exception:  # not DICOM or unreadable: not a SEG
-        return False
-    sop = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")
-    return str(sop) in SEG_SOP_CLASSES
+    except Exception:  # not DICOM or unreadable
+        return ""
+    return str(ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+
+
+def is_seg(path: Path) -> bool:
+    """Whether ``path`` is a DICOM file of a (label map) Segmentation Storage SOP class (header peek)."""
+    return _sop_class(path) in SEG_SOP_CLASSES
+
+
+def is_mask_object(path: Path) -> bool:
+    """Whether ``path`` is a DICOM SEG or RTSTRUCT file."""
+    from .rtstruct import RTSTRUCT_SOP_CLASS
+
+    return _sop_class(path) in (*SEG_SOP_CLASSES, RTSTRUCT_SOP_CLASS)
+
+
+def open_mask_object(path: str | os.PathLike[str]) -> SegFile | RtStructFile:
+    """Open a DICOM SEG (highdicom) or RTSTRUCT (pydicom) file."""
+    from .rtstruct import RTSTRUCT_SOP_CLASS, open_rtstruct
+
+    return open_rtstruct(path) if _sop_class(Path(path)) == RTSTRUCT_SOP_CLASS else open_seg(path)
 
 
 def open_seg(path: str | os.PathLike[str]) -> SegFile:
@@ -84,26 +103,24 @@ def open_seg(path: str | os.PathLike[str]) -> SegFile:
     return SegFile(path, segments, seg, series_uid, sops)
 
 
-def find_segs(paths: Sequence[str | os.PathLike[str]]) -> list[SegFile]:
-    """The DICOM SEG files among ``paths`` (folders searched recursively; a file must be a SEG)."""
+def find_segs(paths: Sequence[str | os.PathLike[str]]) -> list[SegFile | RtStructFile]:
+    """The DICOM SEG / RTSTRUCT files among ``paths`` (folders searched recursively; a file must be one)."""
     out = []
     for p in map(Path, paths):
         if p.is_file():
-            if not is_seg(p):
-                raise ReaderError(
-                    f"{p}: not a DICOM SEG file (SOP class (Label Map) Segmentation Storage expected)"
-                )
-            out.append(open_seg(p))
+            if not is_mask_object(p):
+                raise ReaderError(f"{p}: not a DICOM SEG or RTSTRUCT file")
+            out.append(open_mask_object(p))
         elif p.is_dir():
-            out.extend(open_seg(f) for f in sorted(p.rglob("*")) if f.is_file() and is_seg(f))
+            out.extend(open_mask_object(f) for f in sorted(p.rglob("*")) if f.is_file() and is_mask_object(f))
         else:
             raise ReaderError(f"{p}: no such file or folder")
     if paths and not out:
-        raise ReaderError(f"no DICOM SEG file in {', '.join(map(str, paths))}")
+        raise ReaderError(f"no DICOM SEG or RTSTRUCT file in {', '.join(map(str, paths))}")
     return out
 
 
-def choose_segments(seg: SegFile, spec: str | None) -> list[int]:
+def choose_segments(seg: SegFile | RtStructFile, spec: str | None) -> list[int]:
     """The segment numbers ``spec`` names (numbers or labels, comma-separated), or the default vein segment."""
     listing = ", ".join(f"{n} {label!r}" for n, label in sorted(seg.segments.items()))
     if spec:
@@ -127,17 +144,23 @@ def choose_segments(seg: SegFile, spec: str | None) -> list[int]:
     )
 
 
-def _mentions_vein(seg: SegFile, number: int) -> bool:
-    desc = seg.seg.get_segment_description(number)
-    texts = [seg.segments[number]] + [
-        str(getattr(item, "CodeMeaning", "")) for item in desc.get("SegmentedPropertyTypeCodeSequence", [])
-    ]
+def _mentions_vein(seg: SegFile | RtStructFile, number: int) -> bool:
+    texts = [seg.segments[number]]
+    if isinstance(seg, SegFile):
+        desc = seg.seg.get_segment_description(number)
+        texts += [
+            str(getattr(i, "CodeMeaning", "")) for i in desc.get("SegmentedPropertyTypeCodeSequence", [])
+        ]
     return any("vein" in t.lower() or "venous" in t.lower() for t in texts)
 
 
-def refers_to(seg: SegFile, series_uid: str, vol: DicomVolume) -> bool:
+def refers_to(seg: SegFile | RtStructFile, series_uid: str, vol: DicomVolume) -> bool:
     """Whether the SEG was drawn on this series: same series UID, shared SOP instances or, without
     UIDs on either side, frames that all fall on the series' slices."""
+    if isinstance(seg, RtStructFile):
+        from . import rtstruct
+
+        return rtstruct.refers_to(seg, series_uid, vol)
     if seg.series_uid and series_uid:
         return seg.series_uid == series_uid
     own = set(vol.sop_uids) - {""}
@@ -150,8 +173,14 @@ def refers_to(seg: SegFile, series_uid: str, vol: DicomVolume) -> bool:
     return True
 
 
-def seg_mask(seg: SegFile, vol: DicomVolume, segments: Sequence[int], where: str) -> np.ndarray:
+def seg_mask(
+    seg: SegFile | RtStructFile, vol: DicomVolume, segments: Sequence[int], where: str
+) -> np.ndarray:
     """The 0/1 ``uint8`` mask ``[Z, H, W]`` of ``segments`` on the volume's slices (see the module doc)."""
+    if isinstance(seg, RtStructFile):
+        from .rtstruct import rt_mask
+
+        return rt_mask(seg, vol, segments, where)
     shape = vol.scan.image.shape
     own = list(vol.sop_uids)
     if seg.sop_uids and own and all(own):
