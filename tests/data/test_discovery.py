@@ -259,3 +259,16 @@ def test_ingest_names_uid_less_series_by_key_and_keeps_them_apart(tmp_path: Path
     sizes = df.groupby("scan_id").size().sort_values().tolist()
     assert sizes == [2, 5] and df.patient_id.nunique() == 1 and df.study_id.nunique() == 1
     _no_phi(df.to_csv())
+
+
+def test_two_uid_less_series_with_equal_geometry_in_one_folder_get_a_hint(tmp_path: Path) -> None:
+    exam = tmp_path / "exam"
+    exam.mkdir()
+    for kernel, seed in (("soft", 1), ("bone", 2)):  # same positions, same series number, no UIDs
+        for f in write_dicom_series(np.zeros((2, 8, 8)), tmp_path / "w", seed=seed):
+            ds = pydicom.dcmread(f)
+            blank_uids(ds)
+            ds.save_as(exam / f"{kernel}_{f.name}")
+        shutil.rmtree(tmp_path / "w")
+    with pytest.raises(ReaderError, match="same slice position .* two series with the same geometry mixed"):
+        read_series(find_series(tmp_path)[0])

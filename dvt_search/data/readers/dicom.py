@@ -280,7 +280,15 @@ def read_series(series: DicomSeries) -> DicomVolume:
         except Exception as exc:  # corrupt files raise many types
             raise ReaderError(f"{f}: cannot read DICOM: {type(exc).__name__}: {exc}") from exc
     _check_consistent(datasets)
-    order, normal, step, stack = _order(datasets, series.folder)
+    try:
+        order, normal, step, stack = _order(datasets, series.folder)
+    except ReaderError as exc:
+        if series.uid or "same slice position" not in str(exc):
+            raise
+        raise ReaderError(
+            f"{exc}; these files have no SeriesInstanceUID and were grouped by folder and geometry: "
+            "two series with the same geometry mixed? Put each series in its own folder"
+        ) from exc
     _rescale(datasets, series.folder)
     ref = datasets[order[0]][1]
     if str(ref.get("Modality", "")) != "CT":
