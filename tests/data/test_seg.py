@@ -288,3 +288,21 @@ def test_rtstruct_contours_become_the_mask(tmp_path: Path, capsys, blank: bool) 
     scan = pd.read_parquet(out / "manifest.parquet").scan_id[0]
     np.testing.assert_array_equal(np.load(out / "volumes" / scan / "mask.npy"), expected)
     assert main(["data", "validate", str(out / "manifest.parquet")]) == 0
+
+
+def test_broken_seg_is_one_line_naming_the_file_without_uids(tmp_path: Path) -> None:
+    sources = ct_series(tmp_path / "in" / "ct")
+    path = write_seg(tmp_path / "s.dcm", sources, {"vein": vein_mask()})
+    ds = pydicom.dcmread(path)
+    del ds.SegmentSequence
+    ds.save_as(path)
+    with pytest.raises(ReaderError) as exc:
+        open_seg(path)
+    text = str(exc.value)
+    assert text.startswith(f"{path}: not a readable DICOM SEG") and "\n" not in text
+    for uid in (ds.SOPInstanceUID, ds.SeriesInstanceUID, sources[0].SOPInstanceUID):
+        assert uid not in text
+    from dvt_search.data.readers.seg import _scrub
+
+    uid = sources[0].SOPInstanceUID  # library messages that quote a UID lose it
+    assert _scrub(KeyError(f"no frame for {uid}")) == "KeyError: 'no frame for <UID>'"

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,26 @@ class SegFile:
     seg: Any = field(repr=False)
     series_uid: str = field(default="", repr=False)
     sop_uids: set[str] = field(default_factory=set, repr=False)
+
+
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+
+
+def _scrub(exc: BaseException) -> str:
+    """``Type: message`` of a library error with any UID replaced (messages never carry header IDs)."""
+    return f"{type(exc).__name__}: {_UID.sub('<UID>', str(exc))}"
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom's own log lines may quote UIDs: keep them to errors while it reads."""
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _sop_class(path: Path) -> str:
@@ -91,9 +113,10 @@ def open_seg(path: str | os.PathLike[str]) -> SegFile:
     if not path.is_file():
         raise ReaderError(f"{path}: file not found")
     try:
-        seg = hd.seg.segread(path)
+        with _quiet_highdicom():
+            seg = hd.seg.segread(path)
     except Exception as exc:  # highdicom/pydicom raise many types for bad files
-        raise ReaderError(f"{path}: not a readable DICOM SEG: {type(exc).__name__}: {exc}") from exc
+        raise ReaderError(f"{path}: not a readable DICOM SEG: {_scrub(exc)}") from exc
     segments = {}
     for n in seg.segment_numbers:
         segments[int(n)] = str(seg.get_segment_description(n).SegmentLabel or "")
@@ -190,14 +213,15 @@ def seg_mask(
                 f"{where}: {seg.path} references {len(outside)} image(s) that are not in the series"
             )
         try:
-            arr = seg.seg.get_pixels_by_source_instance(
-                own,
-                segment_numbers=list(segments),
-                assert_missing_frames_are_empty=True,
-                ignore_spatial_locations=True,
-            )
+            with _quiet_highdicom():
+                arr = seg.seg.get_pixels_by_source_instance(
+                    own,
+                    segment_numbers=list(segments),
+                    assert_missing_frames_are_empty=True,
+                    ignore_spatial_locations=True,
+                )
         except Exception as exc:  # highdicom raises ValueError/RuntimeError/KeyError on odd SEGs
-            raise ReaderError(f"{where}: cannot read {seg.path}: {type(exc).__name__}: {exc}") from exc
+            raise ReaderError(f"{where}: cannot read {seg.path}: {_scrub(exc)}") from exc
         mask = (np.asarray(arr) >= 0.5).any(axis=-1)
         how = "referenced SOP instances"
     else:
