@@ -1,8 +1,9 @@
 """Finding CT image series among the files of a folder (shared by ``data ingest dicom`` and ``predict``).
 
 Every file under the roots is opened header-only. Files that are not DICOM are ignored (debug log); DICOM
-objects that are not usable axial CT slices are skipped with a one-line reason each, naming the file by its
-path relative to the root it was found under (never a header value):
+objects that are not usable axial CT slices are skipped with a one-line reason each (info log; after ten
+of one kind, a count), naming the file by its path relative to the root it was found under (never a
+header value):
 
 * non-image objects: structured reports (dose reports among them), DICOM SEG and RT structure sets
   (read with ``--seg``), DICOMDIR indexes, presentation states, anything without pixel rows;
