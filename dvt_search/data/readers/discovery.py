@@ -220,13 +220,14 @@ def find_series(roots: Path | str | Sequence[Path | str]) -> list[DicomSeries]:
         rel = "." if folder == root or root.is_file() else _rel(folder, root)
         no_uid[str(folder) if rel == "." else rel].append(len(files))
         series.append(DicomSeries("", files, group="nouid\0" + rel + "\0" + repr(gkey[1:])))
-    for rel, counts in no_uid.items():
+    if no_uid:
+        folders = list(no_uid)
         log.warning(
-            "%s: %d image file(s) without SeriesInstanceUID (de-identified?); grouped by folder and geometry "
+            "%d image file(s) without SeriesInstanceUID (de-identified?) in %s; grouped by folder and geometry "
             "(orientation, pixel spacing, size, series number) into %d series",
-            rel,
-            sum(counts),
-            len(counts),
+            sum(sum(c) for c in no_uid.values()),
+            ", ".join(folders[:5]) + (f" and {len(folders) - 5} more folder(s)" if len(folders) > 5 else ""),
+            sum(len(c) for c in no_uid.values()),
         )
     series.sort(key=lambda s: (str(s.folder), str(sorted(s.files)[0])))
     _name(series, root_of, modality)
