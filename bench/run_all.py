@@ -19,6 +19,7 @@ BENCHES = {
     "phantom": ["bench_phantom.py"],
     "learnability": ["phantom_learnability.py"],
     "dataset": ["bench_dataset.py"],
+    "dicom": ["bench_dicom.py"],
     "families": ["bench_families.py", "--device", "cpu"],
     "sift": ["bench_sift.py"],
     "search": ["bench_search.py"],

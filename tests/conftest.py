@@ -33,3 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ------------------------------------------------------------------ de-identified DICOM from pydicom's files
+@pytest.fixture()
+def bundled_ct_series():  # noqa: ANN201
+    """:func:`dicom_testdata.write_bundled_ct_series` for tests in any room."""
+    from dicom_testdata import write_bundled_ct_series
+
+    return write_bundled_ct_series

@@ -135,6 +135,21 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("roots", nargs="+", type=Path, help="folder(s) searched recursively for series")
     d.add_argument("--labels", required=True, type=Path, help="labels CSV (format above)")
+    d.add_argument(
+        "--seg",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR_OR_FILE",
+        help="DICOM SEG (or RTSTRUCT) file(s) or folder(s): each series without a mask cell takes the one "
+        "drawn on it (matched by UIDs, or by slice positions when UIDs are blank); repeatable",
+    )
+    d.add_argument(
+        "--seg-segment",
+        metavar="NUMBERS_OR_LABELS",
+        help="the vein segment(s) (SEG segment or RTSTRUCT ROI numbers or names), comma-separated "
+        "(default: the only one, or the one whose label or type mentions a vein)",
+    )
     n = kinds.add_parser(
         "nifti", help="NIfTI volumes", description=_doc(readers + "nifti"), formatter_class=_fmt()
     )
@@ -176,7 +191,15 @@ def _ingest(args: argparse.Namespace) -> int:
     try:
         salt = args.salt if args.salt_file is None else _read_salt(args.salt_file)
         if args.ingest_kind == "dicom":
-            manifest = ingest.ingest_dicom(args.roots, args.out, labels_csv=args.labels, salt=salt, **common)
+            manifest = ingest.ingest_dicom(
+                args.roots,
+                args.out,
+                labels_csv=args.labels,
+                salt=salt,
+                seg=args.seg,
+                seg_segment=args.seg_segment,
+                **common,
+            )
         elif args.ingest_kind == "nifti":
             manifest = ingest.ingest_nifti(args.listing, args.out, salt=salt, **common)
         else:

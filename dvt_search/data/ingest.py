@@ -225,8 +225,13 @@ def ingest_dicom(
     salt: str | None = None,
     anatomy: str = "femoral",
     allow_missing_masks: bool = False,
+    seg: Sequence[str | os.PathLike[str]] = (),
+    seg_segment: str | None = None,
 ) -> Path:
     """Ingest DICOM series found under ``series_dirs_or_root`` (labels CSV: :mod:`.readers.dicom`).
+
+    ``seg`` lists DICOM SEG files or folders whose segmentations become the masks of the series they
+    were drawn on (:mod:`.readers.seg`); ``seg_segment`` names the vein segment(s) (numbers or labels).
 
     Returns:
         Path of the written ``manifest.parquet``.
@@ -235,7 +240,12 @@ def ingest_dicom(
 
     parse_anatomy("", anatomy, "--anatomy")
     scans = dicom.iter_scans(
-        series_dirs_or_root, labels_csv, anatomy=anatomy, allow_missing_masks=allow_missing_masks
+        series_dirs_or_root,
+        labels_csv,
+        anatomy=anatomy,
+        allow_missing_masks=allow_missing_masks,
+        seg=seg,
+        seg_segment=seg_segment,
     )
     return _ingest(scans, out_dir, id_map, salt)
 

@@ -48,7 +48,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     try:
         summary = predict_series(
-            args.model, args.dicom, args.out, batch_size=args.batch_size, device=args.device
+            args.model,
+            args.dicom,
+            args.out,
+            batch_size=args.batch_size,
+            device=args.device,
+            series=args.series,
         )
     except (FileNotFoundError, OSError, ValueError) as exc:
         return _fail(exc)
@@ -78,7 +83,18 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model", type=Path, required=True, help="an exported model directory (export.json inside)"
     )
-    p.add_argument("--dicom", type=Path, required=True, help="folder holding one DICOM CT series")
+    p.add_argument(
+        "--dicom",
+        type=Path,
+        required=True,
+        help="folder holding the DICOM CT series (scouts, reports and non-axial images are skipped)",
+    )
+    p.add_argument(
+        "--series",
+        metavar="INDEX_OR_KEY",
+        help="which series when the folder holds several: the 1-based index or series key listed in the "
+        "warning (default: the largest axial CT series)",
+    )
     p.add_argument(
         "--out",
         type=Path,

@@ -89,14 +89,19 @@ class Exported:
         return self.scorer.heatmaps(slices_hu)
 
 
-def read_dicom_volume(series_dir: str | os.PathLike[str]) -> np.ndarray:
-    """The HU volume ``[Z, H, W]`` of the single CT series under ``series_dir`` (slice 0 most inferior)."""
-    from dvt_search.data.readers.dicom import find_series, read_series
+def read_dicom_volume(series_dir: str | os.PathLike[str], series: str | None = None) -> np.ndarray:
+    """The HU volume ``[Z, H, W]`` of one CT series under ``series_dir`` (slice 0 most inferior).
 
-    series = find_series(Path(series_dir))
-    if len(series) != 1:
-        raise ValueError(f"{series_dir}: expected exactly one DICOM image series, found {len(series)}")
-    return np.asarray(read_series(series[0]).scan.image, dtype=np.float32)
+    Series are found by :mod:`dvt_search.data.readers.discovery` (UID-less files grouped by folder and
+    geometry; scouts, reports, captures and non-axial images skipped with a reason). With several
+    series, ``series`` picks one (1-based index or series key, as listed in the warning); without it the
+    largest axial CT series is used and the choice is logged.
+    """
+    from dvt_search.data.readers.dicom import read_series
+    from dvt_search.data.readers.discovery import choose_series, find_series
+
+    chosen = choose_series(find_series(Path(series_dir)), series, str(series_dir))
+    return np.asarray(read_series(chosen).scan.image, dtype=np.float32)
 
 
 def overlay_png(image01: np.ndarray, heat: np.ndarray, path: Path) -> None:
@@ -118,10 +123,14 @@ def predict_series(
     *,
     batch_size: int = 16,
     device: str = "cpu",
+    series: str | None = None,
 ) -> dict[str, Any]:
-    """Score a DICOM series, write ``slices.csv``, ``summary.json`` and heat maps; return the summary."""
+    """Score a DICOM series, write ``slices.csv``, ``summary.json`` and heat maps; return the summary.
+
+    ``series`` chooses among several series under ``dicom_dir`` (see :func:`read_dicom_volume`).
+    """
     model = Exported.open(model_dir)
-    volume = read_dicom_volume(dicom_dir)
+    volume = read_dicom_volume(dicom_dir, series)
     probs = model.scores(volume, batch_size=batch_size, device=device)
     positive = probs >= model.threshold
     out = Path(out)

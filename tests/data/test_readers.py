@@ -11,12 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from pydicom.uid import CTImageStorage, JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 
 from dvt_search.data.readers import ReaderError, binary_mask, parse_slices
 from dvt_search.data.readers.dicom import find_series, read_series
 from dvt_search.data.readers.nifti import read_nifti, reorient
 
+NM_STORAGE = "1.2.840.10008.5.1.4.1.1.20"  # Nuclear Medicine Image Storage
 CT = "CT_small.dcm"  # 128x128 CT, RescaleSlope 1 / RescaleIntercept -1024, PixelSpacing 0.661468
 
 
@@ -121,6 +122,7 @@ def test_compressed_files_decode_like_their_uncompressed_sibling(tmp_path: Path,
 def test_lossy_greyscale_syntaxes_decode(tmp_path: Path, name: str) -> None:
     ds = pydicom.dcmread(get_testdata_file(name))  # NM files without SliceThickness: add one, keep the pixels
     ds.SliceThickness = 1.0
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = NM_STORAGE  # stored as secondary captures
     ds.save_as(tmp_path / name)
     scan = read_series(find_series(tmp_path)[0]).scan
     raw = pydicom.dcmread(get_testdata_file(name)).pixel_array
@@ -136,9 +138,11 @@ def test_compressed_series_equals_uncompressed(tmp_path: Path, syntax: str) -> N
     np.testing.assert_array_equal(packed, plain)
 
 
-@pytest.mark.filterwarnings("ignore:Expected explicit VR")
-def test_colour_image_is_rejected_naming_the_file() -> None:
-    path = Path(get_testdata_file("SC_rgb_jpeg.dcm"))  # JPEG baseline, RGB
+def test_colour_image_is_rejected_naming_the_file(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))  # JPEG baseline, RGB
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage  # not skipped as a capture
+    path = tmp_path / "rgb.dcm"
+    ds.save_as(path)
     with pytest.raises(ReaderError, match="colour image") as exc:
         read_series(find_series(path)[0])
     assert str(path) in str(exc.value)
