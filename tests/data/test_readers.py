@@ -205,7 +205,7 @@ def test_nifti_layout_is_superior_posterior_left_from_any_axis_order(tmp_path: P
 
 
 def test_nifti_mask_on_another_grid_is_rejected(tmp_path: Path) -> None:
-    from dvt_search.data.readers import read_mask_volume
+    from dvt_search.data.readers.nifti import read_mask_volume
 
     img = _nifti(tmp_path / "img.nii", np.zeros((5, 4, 3), np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
     shifted = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -65,7 +65,6 @@ from . import (
     parse_anatomy,
     parse_label,
     parse_slices,
-    read_mask_volume,
     read_table,
 )
 from .dicom_checks import (
@@ -77,6 +76,7 @@ from .dicom_checks import (
     slice_thickness,
 )
 from .discovery import DicomSeries, find_series
+from .nifti import read_mask_volume
 
 __all__ = ["DicomSeries", "DicomVolume", "find_series", "iter_scans", "read_series"]
 

@@ -36,11 +36,11 @@ from . import (
     LabeledScan,
     ReaderError,
     Scan,
+    binary_mask,
     listing_rows,
     parse_anatomy,
     parse_label,
     parse_slices,
-    read_mask_volume,
     read_table,
     resolve_input,
 )
@@ -162,3 +162,41 @@ def iter_scans(
             labels,
             dict.fromkeys(labels, site),
         )
+
+
+def read_mask_volume(
+    path: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray | None,
+    spacing: Sequence[float] | None,
+    where: str,
+) -> np.ndarray:
+    """A 0/1 ``uint8`` volume of ``shape`` from ``.npy`` (already in the ingest layout) or NIfTI.
+
+    A NIfTI volume is reoriented to ``affine``'s axes and must lie on the same grid (to a tenth of a voxel);
+    with ``affine=None`` it is put in the default layout unchecked.
+    """
+    name = path.name.lower()
+    if not path.is_file():
+        raise ReaderError(f"{where}: file not found: {path}")
+    if name.endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as exc:  # corrupt or pickled files raise several types
+            raise ReaderError(f"{where}: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        arr = arr[None] if arr.ndim == 2 else arr
+    elif name.endswith((".nii", ".nii.gz")):
+        vol = reorient(path, affine)
+        if (
+            affine is not None
+            and spacing is not None
+            and vol.data.shape == shape
+            and not same_grid(vol.affine, affine, spacing)
+        ):
+            raise ReaderError(f"{where}: {path} is not on the image's voxel grid (affines differ)")
+        arr = vol.data
+    else:
+        raise ReaderError(f"{where}: {path} is not a .npy or .nii[.gz] volume")
+    if arr.shape != tuple(shape):
+        raise ReaderError(f"{where}: {path} has shape {arr.shape}, the image {tuple(shape)}")
+    return binary_mask(arr, f"{where}: {path}")
