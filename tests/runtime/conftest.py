@@ -1,4 +1,4 @@
-"""Fixtures of the runtime tests: tiny phantom data, search spaces, and real local Ray instances.
+"""Fixtures of the runtime tests: tiny phantom data and real local Ray instances.
 
 Token authentication stays on (Ray 2.60's default) with the per-session token ``tests/conftest.py`` puts
 in ``RAY_AUTH_TOKEN``; every Ray process and driver subprocess inherits it. ``PYTHONPATH`` gets
@@ -55,13 +55,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(scope="session")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def phantom(phantom_data) -> Path:
     """A tiny phantom dataset (64^2 volumes, few slices); returns the manifest path."""
-    from dvt_search.data.phantom import generate
-
-    return generate(
-        tmp_path_factory.mktemp("phantom"), patients=6, seed=0, size=64, slices_per_scan=6, preset="easy"
-    )
+    return phantom_data(patients=6, seed=0, size=64, slices_per_scan=6, preset="easy").manifest
 
 
 @pytest.fixture(scope="module")
