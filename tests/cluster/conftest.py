@@ -1,7 +1,7 @@
 """Fixture for the launch-flow tests: ``cluster/local.yaml`` brought up for real on a loopback sshd.
 
 The machinery (and why the "node" gets its own HOME, RAY_TMPDIR and PID namespace) is in
-``cluster_harness``.
+``dvt_testkit_cluster`` (in ``tests/support``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import CLUSTER_DIR, LoopbackCluster, LoopbackNode, free_ports, load_render, missing_tools
+from dvt_testkit_cluster import (
+    CLUSTER_DIR,
+    LoopbackCluster,
+    LoopbackNode,
+    free_ports,
+    load_render,
+    missing_tools,
+)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from cluster_harness import CLUSTER_DIR, REPO, load_render
+from dvt_testkit_cluster import CLUSTER_DIR, REPO, load_render
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 render = load_render()

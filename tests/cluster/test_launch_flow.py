@@ -1,4 +1,4 @@
-"""The user's cluster launch flow, for real, on a loopback "cluster" (see ``cluster_harness``).
+"""The user's cluster launch flow, for real, on a loopback "cluster" (see ``dvt_testkit_cluster`` (in ``tests/support``)).
 
 ``ray up`` (module fixture) -> the head runs with token auth and a loopback-only dashboard ->
 ``ray dashboard`` forwards it -> ``ray submit`` runs a Ray Tune job and ``cluster/entry.py`` runs
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from cluster_harness import CLUSTER_DIR, REPO, LoopbackCluster, free_ports, marked_pids
+from dvt_testkit_cluster import CLUSTER_DIR, REPO, LoopbackCluster, free_ports, marked_pids
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

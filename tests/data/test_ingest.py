@@ -319,10 +319,10 @@ def test_slices_errors_name_the_line(tmp_path: Path) -> None:
         assert not (tmp_path / f"out{k}").exists()
 
 
-def test_phantom_dicom_export_round_trips_through_ingest(tmp_path: Path) -> None:
-    from dvt_search.data.phantom import export_scan_dicom, generate
+def test_phantom_dicom_export_round_trips_through_ingest(phantom_data, tmp_path: Path) -> None:
+    from dvt_search.data.phantom import export_scan_dicom
 
-    source = generate(tmp_path / "ph", patients=1, size=64, slices_per_scan=4, seed=2)
+    source = phantom_data(patients=1, size=64, slices_per_scan=4, seed=2).manifest
     df = read_manifest(source)
     scan = df.scan_id.iloc[0]
     rows = df[df.scan_id == scan].sort_values("slice_index")

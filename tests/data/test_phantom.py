@@ -33,9 +33,9 @@ SMALL = {"patients": 3, "seed": 7, "size": 64, "slices_per_scan": 5}
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def dataset(phantom_data) -> Path:
     """A tiny standard-preset phantom (64^2, ~5 slices per scan); returns the manifest path."""
-    return phantom.generate(tmp_path_factory.mktemp("phantom") / "ds", **SMALL)
+    return phantom_data(**SMALL).manifest
 
 
 def _volumes(root: Path) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from dicom_testdata import blank_uids
+from dvt_testkit_dicom import blank_uids
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid

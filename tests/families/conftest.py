@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from dvt_search.data.dataset import SliceDataset, spec_for
-from dvt_search.data.phantom import generate
-from dvt_search.data.schema import read_manifest
 from dvt_search.data.splits import make_splits
 from dvt_search.families.base import DataSpec
 
@@ -30,13 +28,10 @@ def _one_thread() -> None:
 
 
 @pytest.fixture(scope="session")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
-    """An easy femoral phantom at 64^2: 8 patients, ~550 slices (2 s to generate)."""
-    out = tmp_path_factory.mktemp("phantom") / "easy"
-    manifest = generate(
-        out, patients=8, seed=0, size=SIZE, slices_per_scan=12, preset="easy", iliac_fraction=0.0
-    )
-    return manifest, read_manifest(manifest)
+def phantom(phantom_data) -> tuple[Path, pd.DataFrame]:
+    """An easy femoral phantom at 64^2: 8 patients, ~550 slices (2 s to generate); (manifest, frame)."""
+    data = phantom_data(patients=8, seed=0, size=SIZE, slices_per_scan=12, preset="easy", iliac_fraction=0.0)
+    return data.manifest, data.frame
 
 
 def _pick(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

@@ -8,16 +8,16 @@ import pytest
 
 from dvt_search import families
 from dvt_search.cli import main
-from dvt_search.data.phantom import generate
 from dvt_search.families.cli import parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("micro") / "ph"
-    return generate(out, patients=4, seed=1, size=32, slices_per_scan=4, preset="easy", iliac_fraction=0.0)
+def micro(phantom_data) -> Path:
+    return phantom_data(
+        patients=4, seed=1, size=32, slices_per_scan=4, preset="easy", iliac_fraction=0.0
+    ).manifest
 
 
 def test_parse_params_uses_yaml_scalars() -> None:

@@ -266,12 +266,11 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path) -> None:
         SiftBowSvm.build({}, SPEC).predict(val)
 
 
-def test_phantom_slice_dataset_end_to_end(tmp_path: Path) -> None:
+def test_phantom_slice_dataset_end_to_end(phantom_data, tmp_path: Path) -> None:
     from dvt_search.data.dataset import SliceDataset
-    from dvt_search.data.phantom import generate
     from dvt_search.data.schema import manifest_root, read_manifest
 
-    manifest = generate(tmp_path / "phantom", patients=3, seed=0, size=64, slices_per_scan=6, preset="easy")
+    manifest = phantom_data(patients=3, seed=0, size=64, slices_per_scan=6, preset="easy").manifest
     frame, root = read_manifest(manifest), manifest_root(manifest)
     last = sorted(frame["patient_id"].unique())[-1]
     train = SliceDataset(frame[frame["patient_id"] != last], root, size=64)

@@ -1,8 +1,9 @@
-"""Fixtures of the runtime tests: tiny phantom data, search spaces, and real local Ray instances.
+"""Fixtures of the runtime tests: tiny phantom data and real local Ray instances.
 
 Token authentication stays on (Ray 2.60's default) with the per-session token ``tests/conftest.py`` puts
-in ``RAY_AUTH_TOKEN``; every Ray process and driver subprocess inherits it. ``PYTHONPATH`` gets this
-directory so Ray workers can import the test plug-in families (``dvt_test_plugins``).
+in ``RAY_AUTH_TOKEN``; every Ray process and driver subprocess inherits it. ``PYTHONPATH`` gets
+``tests/support`` so Ray workers and driver subprocesses can import the test plug-in families
+(``dvt_test_plugins``); this process has it on ``sys.path`` already (``pythonpath`` in ``pyproject.toml``).
 """
 
 from __future__ import annotations
@@ -13,15 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from dvt_testkit_runtime import SUPPORT_DIR
 
 HERE = Path(__file__).resolve().parent
-PLUGIN = "dvt_test_plugins"
-
-
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
 
 _SAVED_ENV: dict[str, str | None] = {}
 
@@ -36,7 +31,7 @@ def _runtime_env() -> Iterator[None]:
     _SAVED_ENV.update({k: os.environ.get(k) for k in keys})
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["RAY_DEDUP_LOGS"] = "0"
-    paths = [str(HERE), *filter(None, (_SAVED_ENV["PYTHONPATH"] or "").split(os.pathsep))]
+    paths = [str(SUPPORT_DIR), *filter(None, (_SAVED_ENV["PYTHONPATH"] or "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     yield
     _restore_env()
@@ -60,22 +55,9 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(scope="session")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def phantom(phantom_data) -> Path:
     """A tiny phantom dataset (64^2 volumes, few slices); returns the manifest path."""
-    from dvt_search.data.phantom import generate
-
-    return generate(
-        tmp_path_factory.mktemp("phantom"), patients=6, seed=0, size=64, slices_per_scan=6, preset="easy"
-    )
-
-
-def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
-    """Write ``{family: {"params": ..., "fixed": ...}}`` as search-space files into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for family, doc in spaces.items():
-        body = {"family": family, "params": doc.get("params", {}), "fixed": doc.get("fixed", {})}
-        (directory / f"{family}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
-    return directory
+    return phantom_data(patients=6, seed=0, size=64, slices_per_scan=6, preset="easy").manifest
 
 
 @pytest.fixture(scope="module")

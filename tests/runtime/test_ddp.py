@@ -15,7 +15,7 @@ import dvt_test_plugins  # noqa: F401  (registers the test families)
 import pytest
 import ray
 import torch
-from conftest import PLUGIN, write_spaces
+from dvt_testkit_runtime import PLUGIN, write_spaces
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import PLUGIN, write_spaces
 from dvt_test_plugins import read_attempts
+from dvt_testkit_runtime import PLUGIN, write_spaces
 
 from dvt_search.rundir.layout import RunDir
 

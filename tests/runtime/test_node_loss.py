@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import optuna
 import pytest
-from conftest import PLUGIN, write_spaces
 from dvt_test_plugins import read_attempts
+from dvt_testkit_runtime import PLUGIN, write_spaces
 
 from dvt_search.rundir.layout import RunDir
 

@@ -15,7 +15,7 @@ import time
 
 import optuna
 import pytest
-from conftest import PLUGIN, write_spaces
+from dvt_testkit_runtime import PLUGIN, write_spaces
 
 from dvt_search.rundir.layout import RunDir
 

@@ -7,7 +7,7 @@ import json
 import optuna
 import pytest
 import torch
-from conftest import write_spaces
+from dvt_testkit_runtime import write_spaces
 
 from dvt_search import families
 from dvt_search.data.dataset import build_datasets

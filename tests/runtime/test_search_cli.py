@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_spaces
+from dvt_testkit_runtime import write_spaces
 
 from dvt_search.cli import main
 

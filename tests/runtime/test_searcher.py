@@ -7,7 +7,7 @@ import json
 import dvt_test_plugins  # noqa: F401  (registers the test families)
 import optuna
 import pytest
-from conftest import PLUGIN, write_spaces
+from dvt_testkit_runtime import PLUGIN, write_spaces
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 

@@ -1,4 +1,9 @@
-"""Fixtures for the select tests: synthetic run directories (real RunDir/TrialRecord files, no search)."""
+"""Run directories for the selection, report and deploy tests (real RunDir/TrialRecord files).
+
+:func:`make_run` / :func:`trial` write synthetic run directories (no search, no training);
+:func:`build_selected_run` trains tiny real models on a phantom and selects them. The root
+``conftest.py`` exposes them as the fixtures ``run_factory``, ``selected_run`` and ``exported``.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
+from dvt_testkit_phantom import PhantomData
 
 from dvt_search.data.spec import InputSpec
 from dvt_search.rundir import BudgetConfig, DataConfig, RunConfig, RunDir, RunInfo, TrialRecord
+
+#: ``generate`` arguments of the phantom behind :func:`build_selected_run`.
+SELECTED_RUN_PHANTOM = {
+    "patients": 8,
+    "seed": 1,
+    "size": 64,
+    "slices_per_scan": 6,
+    "preset": "easy",
+    "iliac_fraction": 0.0,
+}
 
 
 def make_run(path: Path, families: list[str], trials: list[dict[str, Any]], **info: Any) -> RunDir:
@@ -59,13 +74,6 @@ def trial(family: str, tid: str, auc: float | None, **kw: Any) -> dict[str, Any]
     return d
 
 
-@pytest.fixture()
-def run_factory():
-    """:func:`make_run` and :func:`trial` for building synthetic run directories."""
-    return make_run, trial
-
-
-# ------------------------------------------------------------------ a real, tiny, selected run
 SIZE = 32  # network input of the tiny CNNs
 FAMILIES = ["sift_bow_svm", "vgg16", "multitask_unet", "patch_resnet50"]
 
@@ -113,9 +121,8 @@ def _train(run: RunDir, family: str, tid: str, params: dict[str, Any], data: Any
     return rec
 
 
-@pytest.fixture(scope="session")
-def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A phantom dataset, a run directory with really trained tiny models, and its selection.
+def build_selected_run(root: Path, phantom: PhantomData) -> dict[str, Any]:
+    """A run directory under ``root`` with really trained tiny models on ``phantom``, and its selection.
 
     vgg16 (one trained trial + one failed), multitask_unet (one trained, one stopped without checkpoint),
     sift_bow_svm (one trained) and patch_resnet50 (no trial at all); Optuna journal with a few trials each.
@@ -123,19 +130,13 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import torch
 
     from dvt_search.data.dataset import SliceDataset, build_datasets, spec_for
-    from dvt_search.data.phantom import generate
-    from dvt_search.data.schema import read_manifest
-    from dvt_search.data.splits import make_splits, manifest_fingerprint
+    from dvt_search.data.splits import manifest_fingerprint
     from dvt_search.families.base import FitData
     from dvt_search.selection.run import select_run
 
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("selected")
-    manifest = generate(
-        root / "data", patients=8, seed=1, size=64, slices_per_scan=6, preset="easy", iliac_fraction=0.0
-    )
-    df = read_manifest(manifest)
-    splits = make_splits(df, seed=0)
+    manifest, df = phantom.manifest, phantom.frame
+    splits = phantom.splits(seed=0)
     run = RunDir(root / "run")
     splits.save(run.path / "splits.json")
     run.write_info(
@@ -185,14 +186,3 @@ def selected_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     selection = select_run(run.path, n_resamples=2000, seed=0)
     return {"root": root, "run": run, "manifest": manifest, "selection": selection, "cache": cache}
-
-
-@pytest.fixture(scope="session")
-def exported(selected_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The vgg16 and sift_bow_svm winners of :func:`selected_run` exported."""
-    from dvt_search.deploy.export import export_run
-
-    out = tmp_path_factory.mktemp("export")
-    dirs = export_run(selected_run["run"].path, out, families=["vgg16", "sift_bow_svm"])
-    assert sorted(d.name for d in dirs) == ["sift_bow_svm", "vgg16"]
-    return out
