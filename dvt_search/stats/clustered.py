@@ -120,7 +120,7 @@ def obuchowski(
 
 def _not_estimable_reason(c: ClusteredAUC) -> str:
     return (
-        f"not estimable: {c.n_pos_clusters} patient(s) with positive and {c.n_neg_clusters} with negative "
+        f"{c.n_pos_clusters} patient(s) with positive and {c.n_neg_clusters} with negative "
         "units (at least 2 of each needed)"
     )
 
@@ -145,9 +145,9 @@ def clustered_auc_ci(
         return _nan_ci(est, level, METHOD_AUC, _not_estimable_reason(c), c)
     var = float(c.cov[0, 0])
     if not 0.0 < est < 1.0:
-        return _nan_ci(est, level, METHOD_AUC, f"not estimable: AUC is exactly {est:g}", c)
+        return _nan_ci(est, level, METHOD_AUC, f"AUC is exactly {est:g}", c)
     if not var > 0.0:
-        return _nan_ci(est, level, METHOD_AUC, "not estimable: zero clustered variance", c)
+        return _nan_ci(est, level, METHOD_AUC, "zero clustered variance", c)
     q = float(sps.t.ppf(0.5 + level / 2.0, c.df))
     half = q * np.sqrt(var) / (est * (1.0 - est))
     lg = np.log(est / (1.0 - est))
@@ -228,7 +228,7 @@ def clustered_test(
                 0.0, 0.0, 0.0, level, method=METHOD_DIFF, note="identical rankings", n_clusters=c.n_clusters
             )
             return ClusteredTest(float(c.aucs[0]), float(c.aucs[1]), ci, 0.0, 0.0, c.df, 1.0, floor)
-        ci = _nan_ci(diff, level, METHOD_DIFF, "not estimable: zero clustered variance", c)
+        ci = _nan_ci(diff, level, METHOD_DIFF, "zero clustered variance", c)
         return ClusteredTest(float(c.aucs[0]), float(c.aucs[1]), ci, 0.0, nan, c.df, nan, floor)
     t = diff / se
     p = max(float(2 * sps.t.sf(abs(t), c.df)), floor)

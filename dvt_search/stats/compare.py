@@ -234,16 +234,18 @@ def verdict(doc: dict[str, Any]) -> list[str]:
     lvl = int(round(doc["level"] * 100))
     r = fams[ref]
     a = CI.from_dict(r["test"]["auc"])
-    out = [
-        f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the "
-        f"held-out test slices its AUC is {a.fmt(3)} ({lvl}% clustered interval, patients as clusters)."
-    ]
-    if not a.estimable:
-        out.append(
-            f"Its interval is not estimable ({a.note or 'too few patients'}): no claim about it holds."
-        )
-    elif a.low <= 0.5:
-        out.append(f"Its interval includes 0.5: on this test set {ref} is not distinguishable from chance.")
+    head = f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the held-out test slices"
+    if a.estimable:
+        out = [f"{head} its AUC is {a.fmt(3)} ({lvl}% clustered interval, patients as clusters)."]
+        if a.low <= 0.5:
+            out.append(
+                f"Its interval includes 0.5: on this test set {ref} is not distinguishable from chance."
+            )
+    else:
+        out = [
+            f"{head} its AUC is {a.estimate:.3f}, but its {lvl}% clustered interval is not estimable "
+            f"({a.note or 'too few patients'}): the figure carries no measure of its uncertainty."
+        ]
     pairs = doc["pairs"]
     m = len(pairs)
     fam_words = f"Holm-adjusted over the {m} comparison(s) of {MULTIPLICITY_FAMILY}"
