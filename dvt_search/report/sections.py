@@ -196,7 +196,8 @@ def comparisons(c: ReportContext) -> list[Block]:
             pval(p["p"], p["p_floor"], p["p_at_floor"]),
             pval(p["p_holm"]),
             "yes" if p["significant"] else "no",
-            f"{pval(p['delong_p'])} (Holm {pval(p['delong_p_holm'])})",
+            f"{pval(p['delong_p'], p['p_floor'], p['delong_p'] <= p['p_floor'])} "
+            f"(Holm {pval(p['delong_p_holm'], p['p_floor'], p['delong_p_holm'] <= p['p_floor'])})",
             f"{ci(p['boot_diff'], 3)}; p {pval(p['boot_p'], p['boot_p_floor'], p['boot_p_at_floor'])}",
         ]
         for p in pairs
@@ -209,7 +210,7 @@ def comparisons(c: ReportContext) -> list[Block]:
         f"the verdict. Significant = Holm-adjusted clustered p < {alpha:.2f}; the last two columns are "
         "secondary and do not enter it: DeLong (slices treated as independent) and the paired patient "
         "bootstrap (difference [interval]; p). '≤' marks a p-value at the smallest value the data can "
-        "support."
+        "support (clustered and DeLong: 2^(1 − patients); bootstrap: the distinct resamples)."
     )
     return [
         Heading("Pairwise AUC comparisons", anchor="pairs"),

@@ -234,7 +234,10 @@ def verdict(doc: dict[str, Any]) -> list[str]:
     lvl = int(round(doc["level"] * 100))
     r = fams[ref]
     a = CI.from_dict(r["test"]["auc"])
-    head = f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the held-out test slices"
+    head = (
+        f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the "
+        "held-out test slices"
+    )
     if a.estimable:
         out = [f"{head} its AUC is {a.fmt(3)} ({lvl}% clustered interval, patients as clusters)."]
         if a.low <= 0.5:
@@ -252,10 +255,10 @@ def verdict(doc: dict[str, Any]) -> list[str]:
     for row in doc["vs_reference"]:
         d = CI.from_dict(row["diff_ci"])
         words = "a statistically significant" if row["significant"] else "NOT a statistically significant"
+        p_raw = fmt_p(row["p"], row["p_at_floor"], row["p_floor"])
         out.append(
-            f"{ref} vs {row['b']}: AUC difference {d.fmt(3)}; clustered p {fmt_p(row['p'], row['p_at_floor'], row['p_floor'])}"
-            f" ({fam_words}: p {fmt_p(row['p_holm'])}): {words} difference. Secondary, not used: DeLong p "
-            f"{fmt_p(row['delong_p'])}, bootstrap p {fmt_p(row['boot_p'], row['boot_p_at_floor'], row['boot_p_floor'])}."
+            f"{ref} vs {row['b']}: AUC difference {d.fmt(3)}; clustered p {p_raw} ({fam_words}: p "
+            f"{fmt_p(row['p_holm'])}): {words} difference."
         )
     others = [p for p in pairs if p["significant"] and ref not in (p["a"], p["b"])]
     for p in others:

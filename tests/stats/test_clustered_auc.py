@@ -119,7 +119,7 @@ def test_interval_is_on_the_logit_scale_and_not_estimable_cases_say_so() -> None
     y, s, pid = _clustered(20, 8, rng)
     ci = clustered_auc_ci(y, s, pid)
     c = obuchowski(y, s, pid)
-    assert ci.low < ci.estimate < ci.high and 0 < ci.low and ci.high < 1
+    assert ci.low < ci.estimate < ci.high and ci.low > 0 and ci.high < 1
     # the logit interval is symmetric around logit(AUC) with half-width t_{I-1} * se / (AUC (1 - AUC))
     lg = lambda v: np.log(v / (1 - v))  # noqa: E731
     assert lg(ci.high) - lg(ci.estimate) == pytest.approx(lg(ci.estimate) - lg(ci.low))
