@@ -138,8 +138,9 @@ def model_card(
             "patients; retrain and re-evaluate on real, representative scans before any conclusion."
         )
     lines += [
-        "- Slices of one patient are correlated; intervals resample patients, but the test set is small, "
-        "so intervals are wide and rankings between families may not hold on new patients.",
+        "- Slices of one patient are correlated; intervals treat patients as the independent units "
+        "(clustered AUC intervals, patient bootstrap), but the test set is small, so intervals are wide and "
+        "rankings between families may not hold on new patients.",
         "- Probabilities may be poorly calibrated (see the Brier score); use the validation-chosen threshold, "
         "and re-choose it on local validation data before use elsewhere.",
         "- Femoral-level scans only (the paper's scope); iliac anatomy, other phases, other scanners and "

@@ -91,14 +91,14 @@ def ci(d: dict[str, Any] | None, digits: int = 2) -> str:
 
 
 def pval(v: float, floor: float | None = None, at_floor: bool = False) -> str:
-    """A p-value cell: ``≤ floor`` when floored at the smallest value the data support, ``n/a`` when NaN.
+    """A p-value cell: ``floor (floor)`` when floored at the smallest value the data support; ``n/a``.
 
     ``<0.001`` is printed only for a p-value below 0.001 that is not at its floor.
     """
     if not math.isfinite(v):
         return "n/a"
     if at_floor and floor is not None:
-        return f"≤ {floor:.2g}"
+        return f"{floor:.2g} (floor)"
     return f"{v:.3f}" if v >= 0.001 else "<0.001"
 
 

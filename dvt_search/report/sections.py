@@ -209,8 +209,8 @@ def comparisons(c: ReportContext) -> list[Block]:
         f"difference; Holm adjustment over ONE family: {MULTIPLICITY_FAMILY} (m = {m}), the same family as "
         f"the verdict. Significant = Holm-adjusted clustered p < {alpha:.2f}; the last two columns are "
         "secondary and do not enter it: DeLong (slices treated as independent) and the paired patient "
-        "bootstrap (difference [interval]; p). '≤' marks a p-value at the smallest value the data can "
-        "support (clustered and DeLong: 2^(1 − patients); bootstrap: the distinct resamples)."
+        "bootstrap (difference [interval]; p). '(floor)' marks a p-value raised to the smallest value the data "
+        "can support (clustered and DeLong: 2^(1 − patients); bootstrap: the distinct resamples)."
     )
     return [
         Heading("Pairwise AUC comparisons", anchor="pairs"),

@@ -218,11 +218,11 @@ def _vs_reference(pairs: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]
 
 
 def fmt_p(v: float, at_floor: bool = False, floor: float | None = None) -> str:
-    """``= 0.0123``, ``<= 0.25`` when floored (the smallest value the data can support), ``not estimable``."""
+    """``= 0.0123``; ``= 0.25 (floor)`` when floored at the smallest value the data can support."""
     if not np.isfinite(v):
         return "not estimable"
     if at_floor and floor is not None:
-        return f"<= {floor:.2g}"
+        return f"= {floor:.2g} (floor: the smallest p-value these patients can support)"
     return f"= {v:.3g}"
 
 
