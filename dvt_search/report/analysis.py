@@ -212,7 +212,8 @@ def methods(c: ReportContext) -> list[Block]:
         boot = comp.get("bootstrap") or {}
         distinct = (
             f"; {boot['n_distinct']} of them distinct ({boot['n_possible']} possible), and resamples in which "
-            "a statistic is undefined are counted (n_invalid) in the comparison file, not dropped"
+            "a statistic is undefined are counted (n_invalid in the comparison file, listed under Table 1), "
+            "never dropped silently"
             if boot
             else ""
         )

@@ -180,7 +180,29 @@ def table1(c: ReportContext) -> list[Block]:
     return [
         Heading("Table 1 reproduced: classification per family", anchor="table1"),
         Table(headers, rows, caption=caption, highlight=hl),
+        *[Para(n, "note") for n in undefined_resamples(c)],
     ]
+
+
+def undefined_resamples(c: ReportContext) -> list[str]:
+    """One line per family listing the bootstrap intervals that had resamples where they were undefined."""
+    out = []
+    for fam in c.families:
+        st = c.stats(fam)
+        if not st:
+            continue
+        parts = [
+            f"{k} {d['n_invalid']}"
+            for k, d in st["test"].items()
+            if isinstance(d, dict) and d.get("n_invalid")
+        ]
+        if parts:
+            n = c.comparison["n_resamples"]
+            out.append(
+                f"{fam}: resamples (of {n}) in which a statistic was undefined and which its interval "
+                f"therefore omits: {', '.join(parts)}."
+            )
+    return out
 
 
 def comparisons(c: ReportContext) -> list[Block]:
