@@ -22,7 +22,7 @@ BENCHES = {
     "families": ["bench_families.py", "--device", "cpu"],
     "sift": ["bench_sift.py"],
     "search": ["bench_search.py"],
-    "stats": ["bench_stats_validity.py", "--quick"],  # full mode (no --quick): ~40 min
+    "stats": ["bench_stats_validity.py", "--quick"],  # full mode (no --quick): ~50 min
 }
 
 
