@@ -3,10 +3,12 @@
 A simulation with a patient random effect (slices of one patient share it), under a TRUE NULL of equal AUC:
 two models with identically distributed scores (``delta * label + patient effect + slice noise``, the
 patient effects independent between the models) are scored on the same slices of ``n`` patients (half of
-them DVT-positive, a run of positive slices each). For 10 and 30 patients it prints
+them DVT-positive, a run of positive slices each; defaults: patient sd 1.5, 30 slices of which 12 positive,
+score shift 1.2). For 10 and 30 patients it prints
 
-* the type-I error at nominal 5% of the report's significance rule (:func:`~dvt_search.stats.compare.significance_rule`: the
-  clustered Obuchowski test, t with I-1 df; with two models Holm changes nothing), of DeLong alone
+* the type-I error at nominal 5% of the report's significance rule
+  (:func:`~dvt_search.stats.compare.significance_rule`: the clustered Obuchowski test, t with I-1 df;
+  with two models Holm changes nothing), of DeLong alone
   (slices treated as independent), of the stratified patient bootstrap alone and of the former rule
   (Holm bootstrap AND DeLong, unstratified bootstrap);
 * the coverage of the 95% AUC interval of the report (clustered, logit, t with I-1 df) against the true
