@@ -213,10 +213,14 @@ def clustered_test(
     too few clusters of a class, gives NaN (not estimable), never p = 0.
     """
     y, _ = _as_arrays(y, s_a)
+    nan = float("nan")
+    if y.min(initial=0) == y.max(initial=0):
+        n_cl = _cluster_index(clusters, y.size)[1]
+        ci = CI(nan, nan, nan, level, method=METHOD_DIFF, note="one class only", n_clusters=n_cl)
+        return ClusteredTest(nan, nan, ci, nan, nan, n_cl - 1, nan, p_floor(n_cl))
     c = obuchowski(y, np.vstack([np.asarray(s_a, float), np.asarray(s_b, float)]), clusters)
     diff = float(c.aucs[0] - c.aucs[1])
     floor = p_floor(c.n_clusters)
-    nan = float("nan")
     if not c.estimable:
         ci = _nan_ci(diff, level, METHOD_DIFF, _not_estimable_reason(c), c)
         return ClusteredTest(float(c.aucs[0]), float(c.aucs[1]), ci, nan, nan, c.df, nan, floor)

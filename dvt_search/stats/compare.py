@@ -238,7 +238,9 @@ def verdict(doc: dict[str, Any]) -> list[str]:
         f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the "
         "held-out test slices"
     )
-    if a.estimable:
+    if not np.isfinite(a.estimate):
+        out = [f"{head} its AUC is undefined ({a.note or 'one class only'})."]
+    elif a.estimable:
         out = [f"{head} its AUC is {a.fmt(3)} ({lvl}% clustered interval, patients as clusters)."]
         if a.low <= 0.5:
             out.append(

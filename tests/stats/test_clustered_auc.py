@@ -136,6 +136,9 @@ def test_interval_is_on_the_logit_scale_and_not_estimable_cases_say_so() -> None
     assert np.isnan(lone.low) and "at least 2" in lone.note
     t = clustered_test(one_pos_patient, s, s + 1e-3 * rng.random(s.size), pid)
     assert np.isnan(t.p)
+    no_pos = np.zeros_like(y)
+    assert np.isnan(clustered_test(no_pos, s, s + 1, pid).p)
+    assert clustered_auc_ci(no_pos, s, pid).fmt() == "n/a"
 
 
 def test_identical_models_give_p_one_and_few_patients_never_claim_small_p() -> None:
