@@ -1,6 +1,6 @@
 """Run every CPU benchmark in bench/ one after another with its default (laptop-sized) settings.
 
-    .venv/bin/python bench/run_all.py            # all of them (~15 min on 2 cores)
+    .venv/bin/python bench/run_all.py            # all of them (~16 min on 2 cores)
     .venv/bin/python bench/run_all.py sift dataset
 
 Each script prints its own table of figures; this runner only sequences them and reports failures.
@@ -23,6 +23,7 @@ BENCHES = {
     "families": ["bench_families.py", "--device", "cpu"],
     "sift": ["bench_sift.py"],
     "search": ["bench_search.py"],
+    "stats": ["bench_stats_validity.py", "--quick"],  # full mode (no --quick): ~50 min
 }
 
 

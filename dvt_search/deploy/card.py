@@ -7,12 +7,13 @@ from typing import Any
 
 from dvt_search.families.base import Model
 from dvt_search.stats.bootstrap import CI
+from dvt_search.stats.compare import FEW_PATIENTS
 
 
 def _ci(d: dict[str, Any] | None, digits: int = 3) -> str:
     if not d:
         return "n/a"
-    return CI(d["estimate"], d["low"], d["high"], d["level"], d["n_valid"]).fmt(digits)
+    return CI.from_dict(d).fmt(digits)
 
 
 def _data_lines(selection: dict[str, Any]) -> list[str]:
@@ -94,10 +95,20 @@ def model_card(
     else:
         t = stats["test"]
         th = stats["thresholds"]
+        n_pat = comparison["test"]["n_patients"]
         lines += [
-            f"Test slices: {comparison['test']['n_slices']} from {comparison['test']['n_patients']} patients. "
-            f"Intervals: {lvl}% patient-level bootstrap ({comparison['n_resamples']} resamples).",
+            f"Test slices: {comparison['test']['n_slices']} from {n_pat} patients. Intervals: {lvl}%; AUC "
+            "intervals clustered (Obuchowski 1997, patients as clusters), the others percentile intervals of "
+            f"a patient-level bootstrap stratified by DVT status ({comparison['n_resamples']} resamples).",
             "",
+        ]
+        if n_pat < FEW_PATIENTS:
+            lines += [
+                f"**Warning: only {n_pat} test patient(s) (fewer than {FEW_PATIENTS}).** Patients, not slices, "
+                "are the independent units: every figure below is indicative only.",
+                "",
+            ]
+        lines += [
             "| metric | value |",
             "|---|---|",
             f"| validation AUC | {stats['val']['auc']:.3f} |",
@@ -127,8 +138,9 @@ def model_card(
             "patients; retrain and re-evaluate on real, representative scans before any conclusion."
         )
     lines += [
-        "- Slices of one patient are correlated; intervals resample patients, but the test set is small, "
-        "so intervals are wide and rankings between families may not hold on new patients.",
+        "- Slices of one patient are correlated; intervals treat patients as the independent units "
+        "(clustered AUC intervals, patient bootstrap), but the test set is small, so intervals are wide and "
+        "rankings between families may not hold on new patients.",
         "- Probabilities may be poorly calibrated (see the Brier score); use the validation-chosen threshold, "
         "and re-choose it on local validation data before use elsewhere.",
         "- Femoral-level scans only (the paper's scope); iliac anatomy, other phases, other scanners and "

@@ -13,7 +13,7 @@ checkpoint (``meta.json`` + the family's weight files, so ``families.get(f).load
                     :mod:`dvt_search.families.torch_export`
 ``preprocess.json`` how to turn a CT slice in HU into the model input (see :mod:`.preprocess`)
 ``threshold.json``  the operating threshold chosen on VALIDATION predictions (+ fixed-sensitivity ones)
-``metrics.json``    validation and test metrics with patient-bootstrap intervals
+``metrics.json``    validation and test metrics with clustered / patient-bootstrap intervals
 ``MODEL_CARD.md``   intended use, data, metrics, limitations and the size of the search
 ``export.json``     what was exported, how (TorchScript/ONNX status and any failure reason), sha256s
 ==================  =======================================================================================
@@ -127,8 +127,10 @@ def _metrics(
             "scan_level": stats["scan_level"],
             "calibration": {k: stats["calibration"][k] for k in ("brier", "ece")},
             "n": comparison.get("test", {}),
-            "interval": f"{int(round(comparison['level'] * 100))}% patient-bootstrap percentile "
-            f"({comparison['n_resamples']} resamples, seed {comparison['seed']})",
+            "interval": f"{int(round(comparison['level'] * 100))}%; AUC: "
+            f"{comparison.get('auc_interval', 'patient-bootstrap percentile')}; other rates: patient-bootstrap "
+            f"percentile, stratified by patient DVT status ({comparison['n_resamples']} resamples, seed "
+            f"{comparison['seed']})",
         }
     return doc
 

@@ -12,7 +12,7 @@ from dvt_search.report.figures import (
 )
 from dvt_search.report.render import Block, Bullets, Figure, FigureGrid, Heading, Para, Table
 from dvt_search.report.sections import MULTITASK, PAPER_PATCH_VEIN_AUC, PATCH
-from dvt_search.stats.compare import DELONG_NOTE
+from dvt_search.stats.compare import DELONG_NOTE, FEW_PATIENTS, MULTIPLICITY_FAMILY, significance_rule
 
 
 def error_analysis(c: ReportContext) -> list[Block]:
@@ -208,9 +208,29 @@ def methods(c: ReportContext) -> list[Block]:
         "Failed, unfinished and checkpoint-less trials were never selected.",
     ]
     if comp.get("families"):
+        lvl = round(comp["level"] * 100)
+        boot = comp.get("bootstrap") or {}
+        distinct = (
+            f"; {boot['n_distinct']} of them distinct ({boot['n_possible']} possible), and resamples in which "
+            "a statistic is undefined are counted (n_invalid in the comparison file, listed under Table 1), "
+            "never dropped silently"
+            if boot
+            else ""
+        )
         items += [
-            f"Intervals: {round(comp['level'] * 100)}% percentile intervals from {comp['n_resamples']} patient-level "
-            f"bootstrap resamples (seed {comp['seed']}); all slices of a drawn patient enter a resample.",
+            f"AUC intervals: {lvl}% clustered intervals (Obuchowski 1997: patients as clusters, slices within a "
+            "patient correlated; logit scale, t with patients − 1 degrees of freedom). An interval the data "
+            "cannot support is printed as not estimable, never as a zero-width interval.",
+            f"Other intervals: {lvl}% percentile intervals from {comp['n_resamples']} patient-level bootstrap "
+            f"resamples (seed {comp['seed']}), stratified by patient DVT status; all slices of a drawn patient "
+            f"enter a resample{distinct}. Bootstrap p-values are floored at the resolution the resamples allow.",
+            comp.get("significance_rule") or significance_rule(1 - comp["level"]),
+            f"Multiplicity: one Holm family, {MULTIPLICITY_FAMILY} "
+            f"(m = {(comp.get('multiplicity') or {}).get('m', len(comp.get('pairs', [])))}), used by the "
+            "verdict and the pairwise table alike. Clustered p-values are floored at 2^(1 − patients), the "
+            "smallest p-value an exact patient-level sign-flip test could reach.",
+            f"Fewer than {FEW_PATIENTS} test patients are flagged in the headline and the verdict: patients, not "
+            "slices, are the independent units.",
             f"Thresholds: {comp['threshold_rule']}; fixed-sensitivity thresholds {comp['sensitivities']} are also "
             "chosen on validation.",
             DELONG_NOTE,

@@ -84,14 +84,22 @@ class ReportContext:
 
 
 def ci(d: dict[str, Any] | None, digits: int = 2) -> str:
-    """``est [lo, hi]`` of a stored interval, ``n/a`` when absent or undefined."""
+    """``est [lo, hi]`` of a stored interval; ``est (interval not estimable)``; ``n/a`` when absent."""
     if not d:
         return "n/a"
-    return CI(d["estimate"], d["low"], d["high"], d["level"], d["n_valid"]).fmt(digits)
+    return CI.from_dict(d).fmt(digits)
 
 
-def pval(v: float) -> str:
-    return "n/a" if not math.isfinite(v) else (f"{v:.3f}" if v >= 0.001 else "<0.001")
+def pval(v: float, floor: float | None = None, at_floor: bool = False) -> str:
+    """A p-value cell: ``floor (floor)`` when floored at the smallest value the data support; ``n/a``.
+
+    ``<0.001`` is printed only for a p-value below 0.001 that is not at its floor.
+    """
+    if not math.isfinite(v):
+        return "n/a"
+    if at_floor and floor is not None:
+        return f"{floor:.2g} (floor)"
+    return f"{v:.3f}" if v >= 0.001 else "<0.001"
 
 
 def hours(seconds: float) -> str:

@@ -11,7 +11,8 @@ from dvt_search.report.figures import (
     roc_figure,
 )
 from dvt_search.report.render import Block, Bullets, Card, Figure, FigureGrid, Header, Heading, Para, Table
-from dvt_search.stats.compare import DELONG_NOTE
+from dvt_search.stats.bootstrap import CI
+from dvt_search.stats.compare import DELONG_NOTE, FEW_PATIENTS, MULTIPLICITY_FAMILY, significance_rule
 
 #: Table 1 of the paper (test AUC, precision, recall) per family.
 PAPER_TABLE1: dict[str, list[tuple[str, float, float, float]]] = {
@@ -34,31 +35,40 @@ def paper_numbers(fam: str) -> str:
     )
 
 
+def _few_patients(c: ReportContext) -> int | None:
+    """The number of test patients when below :data:`FEW_PATIENTS` (None otherwise or when not tested)."""
+    n = (c.comparison.get("test") or {}).get("n_patients")
+    return n if n is not None and n < FEW_PATIENTS else None
+
+
 def header(c: ReportContext) -> list[Block]:
     sel, comp = c.selection, c.comparison
     ov = sel.get("overall")
+    few = _few_patients(c)
     cards = []
     if ov:
         cards.append(Card("selected model", ov["family"], f"trial {ov['trial_id']}"))
         cards.append(Card(f"validation {c.metric_label}", f"{ov['value']:.3f}", "used for selection"))
         st = c.stats(ov["family"])
         if st:
-            a = st["test"]["auc"]
-            cards.append(
-                Card(
-                    "test AUC",
-                    f"{a['estimate']:.3f}",
-                    f"{round(comp['level'] * 100)}% CI [{a['low']:.3f}, {a['high']:.3f}]",
-                )
+            a = CI.from_dict(st["test"]["auc"])
+            detail = (
+                f"{round(comp['level'] * 100)}% CI [{a.low:.3f}, {a.high:.3f}] (clustered)"
+                if a.estimable
+                else "interval not estimable"
             )
+            if few is not None:
+                detail += f" · only {few} test patients: indicative only"
+            cards.append(Card("test AUC", f"{a.estimate:.3f}", detail))
     else:
         cards.append(Card("selected model", "none", "no family produced a usable trial"))
     cards.append(Card("trials searched", str(sel["n_trials"]), f"{len(c.families)} families"))
     if comp.get("test"):
         t = comp["test"]
-        cards.append(
-            Card("test set", f"{t['n_slices']} slices", f"{t['n_scans']} scans, {t['n_patients']} patients")
-        )
+        detail = f"{t['n_scans']} scans, {t['n_patients']} patients"
+        if few is not None:
+            detail += f" (fewer than {FEW_PATIENTS}: too few for firm conclusions)"
+        cards.append(Card("test set", f"{t['n_slices']} slices", detail))
     return [
         Header(
             f"DVT detection — run {c.run_name}",
@@ -73,22 +83,32 @@ def verdict(c: ReportContext) -> list[Block]:
         "The test set was not evaluated (the run was selected with --no-test)."
     ]
     vs = c.comparison.get("vs_reference", [])
-    sig = any(r.get("significant") for r in vs)
+    pairs = c.comparison.get("pairs", [])
     if not vs:
         head, kind = (
             "Only one model was evaluated on the test set: there is no comparison to judge.",
             "verdict-warn",
         )
-    elif sig:
+    elif any(r.get("significant") for r in vs):
         head, kind = (
             "At least one difference to the selected model is statistically significant.",
             "verdict-ok",
+        )
+    elif any(p.get("significant") for p in pairs):
+        head, kind = (
+            "No difference to the selected model is statistically significant; a difference between two "
+            "other families is (see the pairwise table).",
+            "verdict-warn",
         )
     else:
         head, kind = (
             "No difference between the families' selected models is statistically significant.",
             "verdict-warn",
         )
+    few = _few_patients(c)
+    if few is not None:
+        head += f" Only {few} test patients: every figure below is indicative only."
+        kind = "verdict-warn"
     return [Heading("Verdict", anchor="verdict"), Para(head, kind), Bullets(lines, "verdict")]
 
 
@@ -131,10 +151,20 @@ def table1(c: ReportContext) -> list[Block]:
             ]
         )
     lvl = round(c.comparison.get("level", 0.95) * 100)
+    comp = c.comparison
+    boot = comp.get("bootstrap") or {}
+    resamples = (
+        f"{boot['n_resamples']} resamples stratified by patient DVT status, {boot['n_distinct']} distinct"
+        if boot
+        else "patient-level bootstrap"
+    )
     caption = (
-        f"Test metrics of each family's model selected on validation data, with {lvl}% patient-level bootstrap "
-        "intervals; precision, recall and specificity at the threshold chosen on validation (Youden's J). Paper: "
-        "Table 1 of the paper, on its own data and split (AUC / precision / recall)."
+        f"Test metrics of each family's model selected on validation data. AUC with its {lvl}% clustered "
+        "interval (Obuchowski 1997, patients as clusters, logit scale, t with patients − 1 degrees of freedom); "
+        f"precision, recall and specificity at the threshold chosen on validation (Youden's J) with {lvl}% "
+        f"percentile intervals of the patient bootstrap ({resamples}). 'Not estimable' marks an interval the "
+        "data cannot support (too few patients, or a perfect or zero-width result). Paper: Table 1 of the "
+        "paper, on its own data and split (AUC / precision / recall)."
     )
     headers = [
         "family",
@@ -150,36 +180,76 @@ def table1(c: ReportContext) -> list[Block]:
     return [
         Heading("Table 1 reproduced: classification per family", anchor="table1"),
         Table(headers, rows, caption=caption, highlight=hl),
+        *[Para(n, "note") for n in undefined_resamples(c)],
     ]
+
+
+def undefined_resamples(c: ReportContext) -> list[str]:
+    """One line per family listing the bootstrap intervals that had resamples where they were undefined."""
+    out = []
+    for fam in c.families:
+        st = c.stats(fam)
+        if not st:
+            continue
+        parts = [
+            f"{k} {d['n_invalid']}"
+            for k, d in st["test"].items()
+            if isinstance(d, dict) and d.get("n_invalid")
+        ]
+        if parts:
+            n = c.comparison["n_resamples"]
+            out.append(
+                f"{fam}: resamples (of {n}) in which a statistic was undefined and which its interval "
+                f"therefore omits: {', '.join(parts)}."
+            )
+    return out
 
 
 def comparisons(c: ReportContext) -> list[Block]:
-    pairs = c.comparison.get("pairs", [])
+    comp = c.comparison
+    pairs = comp.get("pairs", [])
     if not pairs:
         return []
+    alpha = 1 - comp["level"]
     rows = [
         [
             f"{p['a']} − {p['b']}",
-            ci(p["boot_diff"], 3),
-            pval(p["boot_p"]),
-            pval(p["boot_p_holm"]),
-            pval(p["delong_p"]),
-            pval(p["delong_p_holm"]),
+            ci(p["diff_ci"], 3),
+            pval(p["p"], p["p_floor"], p["p_at_floor"]),
+            pval(p["p_holm"]),
             "yes" if p["significant"] else "no",
+            f"{pval(p['delong_p'], p['p_floor'], p['delong_p'] <= p['p_floor'])} "
+            f"(Holm {pval(p['delong_p_holm'], p['p_floor'], p['delong_p_holm'] <= p['p_floor'])})",
+            f"{ci(p['boot_diff'], 3)}; p {pval(p['boot_p'], p['boot_p_floor'], p['boot_p_at_floor'])}",
         ]
         for p in pairs
     ]
+    m = (comp.get("multiplicity") or {}).get("m", len(pairs))
     caption = (
-        "All pairs of selected models on the same test slices. Bootstrap: paired, resampling patients. Holm "
-        f"adjustment over all pairs. Significant = both Holm-adjusted p-values < {1 - c.comparison['level']:.2f}."
+        f"All pairs of selected models on the same test slices. Primary: the clustered paired test "
+        f"(Obuchowski 1997, patients as clusters) with its {round(comp['level'] * 100)}% interval of the AUC "
+        f"difference; Holm adjustment over ONE family: {MULTIPLICITY_FAMILY} (m = {m}), the same family as "
+        f"the verdict. Significant = Holm-adjusted clustered p < {alpha:.2f}; the last two columns are "
+        "secondary and do not enter it: DeLong (slices treated as independent) and the paired patient "
+        "bootstrap (difference [interval]; p). '(floor)' marks a p-value raised to the smallest value the data "
+        "can support (clustered and DeLong: 2^(1 − patients); bootstrap: the distinct resamples)."
     )
     return [
         Heading("Pairwise AUC comparisons", anchor="pairs"),
         Table(
-            ["pair", "AUC difference [CI]", "bootstrap p", "Holm", "DeLong p", "Holm", "significant"],
+            [
+                "pair",
+                "AUC difference [CI], clustered",
+                "clustered p",
+                "Holm",
+                "significant",
+                "DeLong p (secondary)",
+                "bootstrap (secondary)",
+            ],
             rows,
             caption=caption,
         ),
+        Para(comp.get("significance_rule") or significance_rule(alpha), "note"),
         Para(DELONG_NOTE, "note"),
     ]
 
@@ -261,6 +331,7 @@ def performance(c: ReportContext) -> list[Block]:
             ],
             scan,
             caption="A scan is positive when any of its slices is; its score aggregates its slice "
-            "scores. " + first.get("note", ""),
+            "scores. Scan-level AUC intervals are clustered (Obuchowski; scans within patients). "
+            + first.get("note", ""),
         ),
     ]

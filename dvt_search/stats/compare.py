@@ -3,16 +3,22 @@
 Computed only from the stored validation and test predictions (:mod:`.evaluate`); thresholds come from
 validation predictions and are applied unchanged to test predictions.
 
-Per family winner: test AUC, and precision / recall / specificity at the validation Youden threshold,
-each with a patient-level bootstrap percentile interval; operating points at fixed validation
-sensitivities; scan-level AUC (slice scores aggregated by max / mean / top-k mean, a scan is positive when
-any slice is); Brier score, expected calibration error and reliability bins.
+Per family winner: test AUC with its clustered interval (Obuchowski 1997, patients as clusters, logit
+scale, t with patients - 1 degrees of freedom; :mod:`.clustered`) and, for reference, the percentile
+interval of the patient bootstrap; precision / recall / specificity at the validation Youden threshold with
+percentile intervals of the patient bootstrap stratified by patient DVT status (``n_valid`` / ``n_invalid``
+/ ``n_distinct`` resamples recorded); operating points at fixed validation sensitivities; scan-level AUC
+(slice scores aggregated by max / mean / top-k mean, a scan is positive when any slice is; clustered
+interval, scans within patients); Brier score, expected calibration error and reliability bins.
 
-Between winners: every pair gets a DeLong test (slices treated as independent) and a paired patient
-bootstrap interval and p-value of the AUC difference; both p-value families are Holm-adjusted (over all
-pairs, and separately over the overall winner's comparisons). The verdict calls a difference
-statistically significant only when the Holm-adjusted patient-bootstrap p-value AND the Holm-adjusted
-DeLong p-value are both below ``1 - level``: the bootstrap respects patient clustering, DeLong does not.
+Between winners, ONE pre-specified significance rule (:func:`significance_rule`) and ONE multiplicity
+family: every pair of the families' selected models gets the clustered paired test; its p-values are
+Holm-adjusted over all pairs (a comparison that is not estimable counts as p = 1 and is never
+significant); a pair is significant when its Holm-adjusted clustered p-value is below ``1 - level``. The
+comparisons against the overall winner (``vs_reference``) are the same rows, oriented, with the same
+adjusted p-values, so the verdict can never contradict the pairs table. DeLong (slices treated as
+independent) and the paired patient bootstrap are kept as labelled secondary columns (each Holm-adjusted
+over the same family) and do not enter the rule.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import pandas as pd
 
 from dvt_search.rundir.layout import RunDir
 from dvt_search.stats.bootstrap import CI, DEFAULT_RESAMPLES, PatientBootstrap
+from dvt_search.stats.clustered import clustered_auc_ci, clustered_test
 from dvt_search.stats.measures import (
     AGGREGATIONS,
     aggregate_scans,
@@ -39,13 +46,27 @@ from dvt_search.stats.measures import (
     operating_point,
 )
 
-COMPARISON_FORMAT = "dvt-search-comparison/1"
-#: Below this many test patients the verdict warns that bootstrap intervals are not trustworthy.
-FEW_PATIENTS = 10
+COMPARISON_FORMAT = "dvt-search-comparison/2"
+#: Below this many test patients the verdict and the headline card warn that every interval and test is
+#: fragile (few independent units, whatever the number of slices).
+FEW_PATIENTS = 30
+#: The multiplicity family of every table and of the verdict.
+MULTIPLICITY_FAMILY = "all pairs of the families' selected models"
 DELONG_NOTE = (
-    "DeLong's test assumes independent slices; slices of one patient are correlated, so its p-values are "
-    "optimistic. The verdict rests on the patient-level bootstrap."
+    "DeLong's test treats the slices as independent; slices of one patient are correlated, so its p-values "
+    "are far too small (bench/bench_stats_validity.py measures its type-I error). It is shown as a "
+    "secondary column only and does not enter the verdict, which uses the clustered (Obuchowski) test."
 )
+
+
+def significance_rule(alpha: float) -> str:
+    """The pre-specified significance rule in words (stored in the comparison and shown in the report)."""
+    return (
+        "A difference in AUC between two selected models is called statistically significant when the "
+        "Holm-adjusted p-value of the clustered paired test (Obuchowski 1997: patients as clusters, t with "
+        f"patients - 1 degrees of freedom) is below {alpha:g}; the Holm family is {MULTIPLICITY_FAMILY}. "
+        "DeLong and the patient bootstrap are secondary and do not enter the rule."
+    )
 
 
 def _aligned(test: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -65,12 +86,13 @@ def _family_stats(
     val: pd.DataFrame,
     test: pd.DataFrame,
     boot: PatientBootstrap,
-    scan_boot: PatientBootstrap | None,
     sensitivities: Sequence[float],
     scan_k: int,
+    level: float,
 ) -> dict[str, Any]:
     th = choose_thresholds(val["label"], val["score"], sensitivities)
     y, s = test["label"].to_numpy(), test["score"].to_numpy()
+    pid = test["patient_id"].to_numpy()
     metrics = boot.metrics(y, s, th.youden)
     point = operating_point(y, s, th.youden)
     ops = []
@@ -84,131 +106,191 @@ def _family_stats(
                 "test": {k: boot.interval(getattr(op, k), rates[k]).as_dict() for k in rates},
             }
         )
-    scan: dict[str, Any] = {"k": scan_k}
+    scan: dict[str, Any] = {"k": scan_k, "interval": "clustered (Obuchowski), scans within patients"}
     for how in AGGREGATIONS:
         agg = aggregate_scans(test, how, k=scan_k)
         scan.update(n_scans=len(agg), n_positive=int(agg["label"].sum()))
-        if scan_boot is None:
+        if agg["label"].nunique() < 2:
             scan["note"] = "scan-level AUC undefined: all test scans have the same label"
         else:
-            scan[how] = scan_boot.auc_ci(agg["label"], agg["score"]).as_dict()
+            scan[how] = clustered_auc_ci(agg["label"], agg["score"], agg["patient_id"], level).as_dict()
     cal = calibration(y, s)
+    test_stats = {k: v.as_dict() for k, v in metrics.items()}
+    test_stats["auc_bootstrap"] = test_stats.pop("auc")
+    test_stats["auc"] = clustered_auc_ci(y, s, pid, level).as_dict()
     return {
         "trial_id": str(test["trial_id"].iloc[0]),
         "thresholds": th.as_dict(),
         "val": {"auc": auc(val["label"], val["score"]), "n_slices": len(val)},
-        "test": {k: v.as_dict() for k, v in metrics.items()} | {"confusion": point.as_dict()},
+        "test": test_stats | {"confusion": point.as_dict()},
         "operating_points": ops,
         "scan_level": scan,
         "calibration": {"brier": cal.brier, "ece": cal.ece, "bins": cal.bins.to_dict(orient="records")},
     }
 
 
-def _pairs(frames: dict[str, pd.DataFrame], boot: PatientBootstrap, alpha: float) -> list[dict[str, Any]]:
+def _pairs(
+    frames: dict[str, pd.DataFrame], boot: PatientBootstrap, alpha: float, level: float
+) -> list[dict[str, Any]]:
+    """Every pair of winners: the clustered test (primary), DeLong and the bootstrap (secondary)."""
     fams = list(frames)
-    y = next(iter(frames.values()))["label"].to_numpy() if fams else np.array([])
+    first = next(iter(frames.values())) if fams else None
     rows = []
     for a, b in itertools.combinations(fams, 2):
+        y, pid = first["label"].to_numpy(), first["patient_id"].to_numpy()
         sa, sb = frames[a]["score"].to_numpy(), frames[b]["score"].to_numpy()
+        ct = clustered_test(y, sa, sb, pid, level)
         ci, p_boot = boot.auc_difference(y, sa, sb)
         try:
             dl = delong_test(y, sa, sb)
             z, p = dl.z, dl.p
         except ValueError:  # fewer than 2 slices of a class: DeLong undefined
             z = p = float("nan")
+        floor = boot.p_floor(ci.n_valid or 0, ci.n_distinct or 0)
         rows.append(
             {
                 "a": a,
                 "b": b,
-                "auc_a": auc(y, sa),
-                "auc_b": auc(y, sb),
-                "diff": ci.estimate,
+                "auc_a": ct.auc_a,
+                "auc_b": ct.auc_b,
+                "diff": ct.diff.estimate,
+                "diff_ci": ct.diff.as_dict(),
+                "se": ct.se,
+                "t": ct.t,
+                "df": ct.df,
+                "p": ct.p,
+                "p_floor": ct.p_floor,
+                "p_at_floor": ct.at_floor,
                 "delong_z": z,
                 "delong_p": p,
                 "boot_diff": ci.as_dict(),
                 "boot_p": p_boot,
+                "boot_p_floor": floor,
+                "boot_p_at_floor": bool(np.isfinite(p_boot) and p_boot <= floor),
             }
         )
-    _adjust(rows, "", alpha)
+    _adjust(rows, alpha)
     return rows
 
 
-def _adjust(rows: list[dict[str, Any]], suffix: str, alpha: float) -> None:
-    dp = holm([r["delong_p"] for r in rows])
-    bp = holm([r["boot_p"] for r in rows])
-    for r, d, b in zip(rows, dp, bp):
-        r[f"delong_p_holm{suffix}"] = float(d)
-        r[f"boot_p_holm{suffix}"] = float(b)
-        r[f"significant{suffix}"] = bool(d < alpha and b < alpha)
+def _holm_family(pvalues: list[float]) -> np.ndarray:
+    """Holm over the whole family: a non-estimable comparison counts as p = 1 (it stays in the family)."""
+    p = np.array([v if np.isfinite(v) else 1.0 for v in pvalues], dtype=np.float64)
+    adj = holm(p) if p.size else p
+    return np.where(np.isfinite(pvalues), adj, np.nan) if p.size else adj
 
 
-def _vs_reference(pairs: list[dict[str, Any]], ref: str, alpha: float) -> list[dict[str, Any]]:
+def _adjust(rows: list[dict[str, Any]], alpha: float) -> None:
+    for key in ("p", "delong_p", "boot_p"):
+        for r, v in zip(rows, _holm_family([r[key] for r in rows])):
+            r[f"{key}_holm"] = float(v)
+    for r in rows:
+        r["significant"] = bool(np.isfinite(r["p_holm"]) and r["p_holm"] < alpha)
+
+
+def _flip(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"]}
+
+
+def _vs_reference(pairs: list[dict[str, Any]], ref: str) -> list[dict[str, Any]]:
+    """The pairs holding ``ref``, oriented as reference minus other, with the SAME adjusted p-values."""
     rows = []
     for p in pairs:
         if ref not in (p["a"], p["b"]):
             continue
-        r = {k: v for k, v in p.items() if "holm" not in k and k != "significant"}
-        if p["b"] == ref:  # orient as reference minus other
-            d = p["boot_diff"]
+        r = dict(p)
+        if p["b"] == ref:
             r.update(
                 a=ref,
                 b=p["a"],
                 auc_a=p["auc_b"],
                 auc_b=p["auc_a"],
                 diff=-p["diff"],
+                t=-p["t"],
                 delong_z=-p["delong_z"],
-                boot_diff={**d, "estimate": -d["estimate"], "low": -d["high"], "high": -d["low"]},
+                diff_ci=_flip(p["diff_ci"]),
+                boot_diff=_flip(p["boot_diff"]),
             )
         rows.append(r)
-    _adjust(rows, "", alpha)
     return rows
 
 
-def _ci(d: dict[str, Any]) -> CI:
-    return CI(d["estimate"], d["low"], d["high"], d["level"], d["n_valid"])
+def fmt_p(v: float, at_floor: bool = False, floor: float | None = None) -> str:
+    """``= 0.0123``; ``= 0.25 (floor)`` when floored at the smallest value the data can support."""
+    if not np.isfinite(v):
+        return "not estimable"
+    if at_floor and floor is not None:
+        return f"= {floor:.2g} (floor: the smallest p-value these patients can support)"
+    return f"= {v:.3g}"
 
 
 def verdict(doc: dict[str, Any]) -> list[str]:
-    """Plain-words statements about the comparison (significance judged as in the module docstring)."""
+    """Plain-words statements about the comparison, every one drawn from the rows of the pairs table."""
     fams, ref = doc["families"], doc.get("reference")
     if not fams or ref is None:
         return ["No family produced a usable model, so nothing was compared on the test set."]
     lvl = int(round(doc["level"] * 100))
-    n_res = doc["n_resamples"]
-
-    def p_(v: float) -> str:
-        return f"< {1 / n_res:.1g}" if v == 0 else f"= {v:.3g}"
-
     r = fams[ref]
-    a = _ci(r["test"]["auc"])
-    out = [
+    a = CI.from_dict(r["test"]["auc"])
+    head = (
         f"The model chosen on validation data is {ref} (validation AUC {r['val']['auc']:.3f}); on the "
-        f"held-out test slices its AUC is {a.fmt(3)} ({lvl}% patient-bootstrap interval)."
-    ]
-    if a.low <= 0.5:
-        out.append(f"Its interval includes 0.5: on this test set {ref} is not distinguishable from chance.")
+        "held-out test slices"
+    )
+    if not np.isfinite(a.estimate):
+        out = [f"{head} its AUC is undefined ({a.note or 'one class only'})."]
+    elif a.estimable:
+        out = [f"{head} its AUC is {a.fmt(3)} ({lvl}% clustered interval, patients as clusters)."]
+        if a.low <= 0.5:
+            out.append(
+                f"Its interval includes 0.5: on this test set {ref} is not distinguishable from chance."
+            )
+    else:
+        out = [
+            f"{head} its AUC is {a.estimate:.3f}, but its {lvl}% clustered interval is not estimable "
+            f"({a.note or 'too few patients'}): the figure carries no measure of its uncertainty."
+        ]
+    pairs = doc["pairs"]
+    m = len(pairs)
+    fam_words = f"Holm-adjusted over the {m} comparison(s) of {MULTIPLICITY_FAMILY}"
     for row in doc["vs_reference"]:
-        d = _ci(row["boot_diff"])
+        d = CI.from_dict(row["diff_ci"])
         words = "a statistically significant" if row["significant"] else "NOT a statistically significant"
+        p_raw = fmt_p(row["p"], row["p_at_floor"], row["p_floor"])
         out.append(
-            f"{ref} vs {row['b']}: AUC difference {d.fmt(3)}; bootstrap p {p_(row['boot_p'])}, DeLong p "
-            f"{p_(row['delong_p'])} (Holm-adjusted: bootstrap p {p_(row['boot_p_holm'])}, DeLong p "
-            f"{p_(row['delong_p_holm'])}): "
-            f"{words} difference."
+            f"{ref} vs {row['b']}: AUC difference {d.fmt(3)}; clustered p {p_raw} ({fam_words}: p "
+            f"{fmt_p(row['p_holm'])}): {words} difference."
         )
-    if doc["vs_reference"] and not any(x["significant"] for x in doc["vs_reference"]):
+    others = [p for p in pairs if p["significant"] and ref not in (p["a"], p["b"])]
+    for p in others:
         out.append(
-            "None of the differences between the families' best models is statistically significant on this "
-            "test set; the ranking may not hold on new patients."
+            f"Between two other families, {p['a']} vs {p['b']} is a statistically significant difference "
+            f"(AUC difference {CI.from_dict(p['diff_ci']).fmt(3)}, {fam_words}: p {fmt_p(p['p_holm'])})."
+        )
+    if pairs and not any(p["significant"] for p in pairs):
+        out.append(
+            f"None of the {m} pairwise differences between the families' selected models is statistically "
+            "significant on this test set; the ranking may not hold on new patients."
         )
     n_pat = doc.get("test", {}).get("n_patients", 0)
     if n_pat < FEW_PATIENTS:
         out.append(
-            f"Only {n_pat} patient(s) in the test set: a patient bootstrap has very few distinct resamples, so "
-            "every interval and bootstrap p-value above understates the uncertainty; treat them as indicative."
+            f"Only {n_pat} patient(s) in the test set (fewer than {FEW_PATIENTS}): patients are the independent "
+            "units, so every interval and p-value above rests on very few of them; treat them as indicative "
+            "only. " + _resample_words(doc)
         )
+    out.append(doc.get("significance_rule") or significance_rule(1.0 - doc["level"]))
     out.append(DELONG_NOTE)
     return out
+
+
+def _resample_words(doc: dict[str, Any]) -> str:
+    b = doc.get("bootstrap") or {}
+    if not b:
+        return ""
+    return (
+        f"The patient bootstrap drew {b['n_resamples']} resamples of which only {b['n_distinct']} are distinct "
+        f"({b['n_possible']} possible)."
+    )
 
 
 def compare(
@@ -226,7 +308,7 @@ def compare(
 
     Args:
         val, test: prediction tables (:data:`dvt_search.selection.evaluate.PREDICTION_COLUMNS`).
-        reference: the overall winner's family (compared against every other winner).
+        reference: the overall winner's family (its comparisons are listed first in the verdict).
     """
     frames = _aligned(test)
     alpha = 1.0 - level
@@ -237,32 +319,38 @@ def compare(
         "level": level,
         "threshold_rule": "Youden's J on validation predictions (highest maximising threshold)",
         "sensitivities": list(sensitivities),
+        "significance_rule": significance_rule(alpha),
+        "auc_interval": "clustered (Obuchowski 1997), logit scale, t with patients - 1 degrees of freedom",
         "delong_note": DELONG_NOTE,
+        "few_patients": FEW_PATIENTS,
         "reference": reference if reference in frames else None,
         "families": {},
         "pairs": [],
         "vs_reference": [],
     }
     if not frames:
+        doc["multiplicity"] = {"method": "holm", "family": MULTIPLICITY_FAMILY, "m": 0}
         doc["verdict"] = verdict(doc)
         return doc
     first = next(iter(frames.values()))
     doc["test"] = {
         "n_slices": len(first),
         "n_patients": int(first["patient_id"].nunique()),
+        "n_positive_patients": int(first.loc[first["label"] == 1, "patient_id"].nunique()),
         "n_scans": int(first["scan_id"].nunique()),
         "n_positive": int(first["label"].sum()),
     }
-    boot = PatientBootstrap(first["patient_id"], n_resamples=n_resamples, seed=seed, level=level)
-    scans = aggregate_scans(first, "max")
-    two_classes = scans["label"].nunique() == 2
-    scan_boot = PatientBootstrap(scans["patient_id"], n_resamples, seed, level) if two_classes else None
+    boot = PatientBootstrap(
+        first["patient_id"], n_resamples=n_resamples, seed=seed, level=level, strata=first["label"]
+    )
+    doc["bootstrap"] = boot.describe()
     for fam, t in frames.items():
         v = val[val["family"] == fam]
-        doc["families"][fam] = _family_stats(v, t, boot, scan_boot, sensitivities, scan_k)
-    doc["pairs"] = _pairs(frames, boot, alpha)
+        doc["families"][fam] = _family_stats(v, t, boot, sensitivities, scan_k, level)
+    doc["pairs"] = _pairs(frames, boot, alpha, level)
+    doc["multiplicity"] = {"method": "holm", "family": MULTIPLICITY_FAMILY, "m": len(doc["pairs"])}
     if doc["reference"] is not None:
-        doc["vs_reference"] = _vs_reference(doc["pairs"], doc["reference"], alpha)
+        doc["vs_reference"] = _vs_reference(doc["pairs"], doc["reference"])
     doc["verdict"] = verdict(doc)
     return doc
 

@@ -6,8 +6,8 @@ slice belongs to, so it can be checked against independent computations.
 * :func:`auc` — ROC AUC as the Mann-Whitney statistic (ties count one half).
 * :func:`delong` / :func:`delong_test` — the fast DeLong algorithm (Sun & Xu, 2014) for the covariance of
   correlated AUCs and the paired test of two classifiers scored on the same slices. DeLong treats slices as
-  independent; slices of one patient are not, so its p-values are optimistic. Verdicts lean on
-  :class:`PatientBootstrap`, which resamples *patients* (all slices of a drawn patient come along).
+  independent; slices of one patient are not, so its p-values are optimistic (a secondary column only).
+  Verdicts use the clustered test of :mod:`dvt_search.stats.clustered` (patients as clusters).
 * :func:`holm` — Holm step-down adjustment for a family of p-values.
 * :func:`choose_thresholds` — operating thresholds chosen on VALIDATION predictions (Youden's J and fixed
   sensitivities, via :mod:`dvt_search.engine.metrics`), only ever applied to test predictions.

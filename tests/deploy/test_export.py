@@ -96,8 +96,11 @@ def test_cards_thresholds_and_metrics(selected_run, exported: Path) -> None:
             "5 trials were searched",
             "Limitations",
             "test AUC",
+            "AUC intervals clustered (Obuchowski 1997",
         ):
             assert needle in card, needle
+        if comp["test"]["n_patients"] < 30:  # the tiny run: the card must warn
+            assert "**Warning: only" in card and "indicative only" in card
     pre = json.loads((exported / "vgg16" / "preprocess.json").read_text())
     assert pre["resize"]["size"] == 32 and pre["windows"] == [[40.0, 400.0]] and pre["channels"] == 1
 

@@ -50,6 +50,19 @@ def test_html_is_self_contained_and_complete(report: Path) -> None:
         assert needle in html, needle
 
 
+def test_report_states_one_rule_and_flags_few_patients(report: Path, selected_run) -> None:
+    """The tiny run has only a few test patients: the report must say so and claim nothing it cannot."""
+    html = (report / "report.html").read_text()
+    md = (report / "report.md").read_text()
+    for text in (html, md):
+        assert "Holm-adjusted p-value of the clustered paired test" in text
+        assert "all pairs of the families" in text
+        assert "rests on the patient-level bootstrap" not in text
+        assert "indicative only" in text and "test patients" in text
+        assert "<0.001" not in text and "&lt;0.001" not in text
+        assert not re.search(r"\[(-?[\d.]+), \1\]", text)  # no zero-width interval such as [1.00, 1.00]
+
+
 def test_report_names_no_patient(report: Path, selected_run) -> None:
     patients = set(read_manifest(selected_run["manifest"])["patient_id"])
     text = (report / "report.html").read_text() + (report / "report.md").read_text()
