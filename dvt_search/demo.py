@@ -143,7 +143,7 @@ def _predict_on_dicom(args: argparse.Namespace, manifest: Path, splits_path: Pat
     from .cli import main as cli_main
     from .data.phantom import export_scan_dicom
     from .data.splits import load_splits
-    from .selection.selector import read_selection
+    from .selection.documents import read_selection
 
     _stage("8. predict on a phantom DICOM series")
     selection = read_selection(run_dir)

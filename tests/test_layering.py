@@ -1,7 +1,9 @@
 """The package's layering, read from the source (``ast``; nothing of ``dvt_search`` is imported).
 
 Every ``import`` statement of every module under ``dvt_search/`` counts, wherever it is: module level,
-inside functions (lazy imports), under ``if TYPE_CHECKING:``. Imports by string
+inside functions (lazy imports), under ``if TYPE_CHECKING:``; the one exception is the cycle rule, for
+which type-only imports (under ``if TYPE_CHECKING:``) do not count, because they never execute and so
+cannot take part in an import-time circle. Imports by string
 (``importlib.import_module(name)``, as the CLI and the family registry do) are not seen: they are the
 sanctioned way for a low room to load a plug-in it does not depend on.
 
@@ -95,6 +97,7 @@ class Edge:
     target: str
     line: int
     internal: bool
+    type_only: bool = False  # under ``if TYPE_CHECKING:``: never executed
 
     def where(self, graph: Graph) -> str:
         """``dvt_search/<path>.py:<line>`` of the import statement."""
@@ -109,12 +112,26 @@ class Graph:
     paths: dict[str, Path]
     edges: list[Edge]
 
-    def internal(self) -> dict[str, set[str]]:
+    def internal(self, *, executed_only: bool = False) -> dict[str, set[str]]:
+        """Module -> the package modules it imports (``executed_only``: without type-only imports)."""
         out: dict[str, set[str]] = {m: set() for m in self.paths}
         for e in self.edges:
-            if e.internal and e.target != e.source:
+            if e.internal and e.target != e.source and not (executed_only and e.type_only):
                 out[e.source].add(e.target)
         return out
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """``id`` of every node inside an ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``) block."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If):
+            test = node.test
+            name = test.id if isinstance(test, ast.Name) else getattr(test, "attr", None)
+            if name == "TYPE_CHECKING":
+                for child in node.body:
+                    inside.update(id(n) for n in ast.walk(child))
+    return inside
 
 
 def _modules(package_dir: Path) -> dict[str, Path]:
@@ -142,6 +159,7 @@ def build_graph(package_dir: Path) -> Graph:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        type_only = _type_checking_nodes(tree)
         for node in ast.walk(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -168,9 +186,9 @@ def build_graph(package_dir: Path) -> Graph:
                         raise ValueError(
                             f"{path}:{node.lineno}: imports {target}, which is not in {package_dir}"
                         )
-                    edges.append(Edge(name, resolved, node.lineno, True))
+                    edges.append(Edge(name, resolved, node.lineno, True, id(node) in type_only))
                 else:
-                    edges.append(Edge(name, target, node.lineno, False))
+                    edges.append(Edge(name, target, node.lineno, False, id(node) in type_only))
     return Graph(package_dir.parent, modules, edges)
 
 
@@ -253,7 +271,7 @@ def _one_cycle(graph: Graph, component: list[str]) -> str:
     while queue:
         node = queue.pop(0)
         for e in graph.edges:
-            if e.source != node or not e.internal or e.target not in members:
+            if e.source != node or not e.internal or e.type_only or e.target not in members:
                 continue
             if e.target == start:
                 hops = [*paths[node], e]
@@ -268,7 +286,7 @@ def import_cycles(graph: Graph) -> list[str]:
     """(c) every set of modules that import each other, directly or around a longer circle."""
     return [
         f"cycle: {', '.join(component)}\n    e.g. {_one_cycle(graph, component)}"
-        for component in sorted(_strongly_connected(graph.internal()))
+        for component in sorted(_strongly_connected(graph.internal(executed_only=True)))
     ]
 
 
@@ -420,10 +438,17 @@ def test_rule_cycles_catches_function_level_and_package_cycles(tmp_path: Path) -
             "x/p.py": "import dvt_search.y.q\n",
             "y/q.py": "from dvt_search.z import r\n",
             "z/r.py": "from ..x.p import thing\n",
+            # a lazy import one way, a type-only import back: never both executed, so no circle ...
+            "report/t1.py": "def f():\n    from . import t2\n",
+            "report/t2.py": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .t1 import X\n",
+            # ... but an executed import next to a TYPE_CHECKING block still counts
+            "deploy/u1.py": "from . import u2\n",
+            "deploy/u2.py": "import typing\n\nif typing.TYPE_CHECKING:\n    pass\nfrom .u1 import Y\n",
         },
     )
     graph = build_graph(package)
     assert [c.split("\n")[0] for c in import_cycles(graph)] == [
+        "cycle: dvt_search.deploy.u1, dvt_search.deploy.u2",
         "cycle: dvt_search.engine, dvt_search.engine.loop",
         "cycle: dvt_search.stats.a, dvt_search.stats.b",
         "cycle: dvt_search.x.p, dvt_search.y.q, dvt_search.z.r",

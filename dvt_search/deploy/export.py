@@ -39,9 +39,8 @@ from dvt_search.deploy.card import model_card
 from dvt_search.deploy.preprocess import preprocess_spec
 from dvt_search.families import get as get_family
 from dvt_search.fsutil import atomic_directory, atomic_write_text
+from dvt_search.selection.documents import read_comparison, read_selection
 from dvt_search.selection.models import load_checkpoint
-from dvt_search.selection.selector import read_selection
-from dvt_search.stats.compare import read_comparison
 
 log = logging.getLogger(__name__)
 

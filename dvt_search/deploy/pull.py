@@ -85,8 +85,9 @@ def pull(run_uri: str, out: str | os.PathLike[str]) -> Path:
 
 def _winner_checkpoints(local_run: Path) -> list[str]:
     """Checkpoint paths (relative to the run) of the selected models, from selection.json or the records."""
+    from dvt_search.selection.documents import read_selection
     from dvt_search.selection.leaderboard import collect
-    from dvt_search.selection.selector import choose, read_selection
+    from dvt_search.selection.selector import choose
 
     run = layout.RunDir(local_run)
     if run.selection_file.is_file():

@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..data import transform
-from .base import DataSpec, Model
+from ..data.spec import DataSpec
+
+if TYPE_CHECKING:
+    from .base import Model
 
 
 class HuSlices:

@@ -11,11 +11,10 @@ import pandas as pd
 from dvt_search.report.figures import colours
 from dvt_search.report.history import read_history
 from dvt_search.rundir.layout import RunDir
+from dvt_search.selection.documents import read_comparison, read_selection
 from dvt_search.selection.evaluate import read_predictions
 from dvt_search.selection.leaderboard import collect, read_leaderboard
-from dvt_search.selection.selector import read_selection
 from dvt_search.stats.bootstrap import CI
-from dvt_search.stats.compare import read_comparison
 
 Curve = tuple[str, list[dict[str, Any]], bool]  # trial id, per-epoch metrics, is the family's winner
 

@@ -62,7 +62,7 @@ def _select(args: argparse.Namespace) -> int:
     ov = doc["overall"]
     print(f"overall: {ov['family']} trial {ov['trial_id']}" if ov else "overall: no usable model")
     if doc["test"]["evaluated"]:
-        from dvt_search.stats.compare import read_comparison
+        from dvt_search.selection.documents import read_comparison
 
         for line in read_comparison(args.run)["verdict"]:
             print(f"  {line}")

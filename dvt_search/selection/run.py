@@ -33,6 +33,7 @@ def select_run(
     """
     from dvt_search.data.schema import read_manifest
     from dvt_search.rundir.layout import RunDir
+    from dvt_search.selection.documents import write_comparison, write_selection
     from dvt_search.selection.evaluate import (
         predict_winners,
         resolve_manifest,
@@ -41,7 +42,7 @@ def select_run(
     )
     from dvt_search.selection.leaderboard import collect, write_leaderboard
     from dvt_search.selection.models import count_parameters
-    from dvt_search.stats.compare import compare, write_comparison
+    from dvt_search.stats.compare import compare
 
     run = RunDir(run_path)
     info = run.read_info()
@@ -91,7 +92,7 @@ def select_run(
             "validation_check": preds.checks,
             "extras": preds.extras,
         }
-    run.write_doc(run.selection_file, doc)
+    write_selection(run.path, doc)
     return doc
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -211,11 +210,3 @@ def _overall(winners: list[Winner], mode: str, n_params: NParams | None) -> Winn
 
 
 SELECTION_FORMAT = "dvt-search-selection/1"
-
-
-def read_selection(run_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The stored ``selection.json`` of a run (``FileNotFoundError`` telling to run ``select``)."""
-    from dvt_search.rundir.layout import RunDir
-
-    run = RunDir(run_path)
-    return run.read_doc(run.selection_file)

@@ -24,15 +24,12 @@ over the same family) and do not enter the rule.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dvt_search.rundir.layout import RunDir
 from dvt_search.stats.bootstrap import CI, DEFAULT_RESAMPLES, PatientBootstrap
 from dvt_search.stats.clustered import clustered_auc_ci, clustered_test
 from dvt_search.stats.measures import (
@@ -353,15 +350,3 @@ def compare(
         doc["vs_reference"] = _vs_reference(doc["pairs"], doc["reference"])
     doc["verdict"] = verdict(doc)
     return doc
-
-
-def write_comparison(run_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
-    """Write ``<run>/comparison.json`` atomically."""
-    run = RunDir(run_path)
-    return run.write_doc(run.comparison_file, doc)
-
-
-def read_comparison(run_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The stored comparison of a run (``FileNotFoundError`` telling to run ``select`` when absent)."""
-    run = RunDir(run_path)
-    return run.read_doc(run.comparison_file)
