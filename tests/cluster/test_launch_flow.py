@@ -24,6 +24,8 @@ import pytest
 import ray
 from dvt_testkit_cluster import CLUSTER_DIR, REPO, LoopbackCluster, free_ports, marked_pids
 
+from dvt_search.rundir import RunDir
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
@@ -151,8 +153,7 @@ def test_submit_entry_runs_dvt_search(loopback_cluster: LoopbackCluster, tmp_pat
 
     pulled = tmp_path / "pulled"
     loopback_cluster.ray("rsync-down", str(loopback_cluster.yaml), f"{run_dir}/", str(pulled))
-    run = json.loads((pulled / "run.json").read_text())
-    assert run["families"] == ["sift_bow_svm"]
+    assert RunDir(pulled).read_info().families == ["sift_bow_svm"]
     trials = [json.loads(p.read_text()) for p in (pulled / "trials" / "sift_bow_svm").glob("*/trial.json")]
     assert len(trials) == 2
     assert all(t["status"] in ("completed", "stopped") for t in trials), [t["status"] for t in trials]
