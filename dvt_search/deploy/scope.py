@@ -36,6 +36,8 @@ Series-level warnings (:class:`ScopeReport.warnings`):
   affine's slice axis must lie within 45 degrees of head-foot);
 * ``region``: more than :data:`MAX_OUT_OF_REGION` of the slices out of region (the reasons and slice
   ranges are named);
+* ``HU``: less than :data:`MIN_AIR` of the pixels below :data:`AIR_BACKGROUND_HU` (air around the body,
+  or in lungs/bowel of a cropped field): the values are not HU (stored values without the rescale, MR);
 * ``soft tissue``: the peak of the soft-tissue histogram (0-150 HU, 5-HU bins) of the whole series outside
   :data:`MUSCLE_PEAK_HU` (muscle is 40-60 HU), or soft tissue below :data:`MIN_SOFT` of the body: values
   are not HU (NIfTI stored without scaling, MR) or not this anatomy;
@@ -72,6 +74,8 @@ MAX_OUT_OF_REGION = 0.2
 MUSCLE_PEAK_HU = (20.0, 80.0)
 MIN_SOFT = 0.10
 MIN_VESSEL = 0.001
+AIR_BACKGROUND_HU = -800.0
+MIN_AIR = 0.01
 
 _MAX_SLICES = 64  # slices measured per series (evenly spread); the rest are not needed for statistics
 
@@ -262,6 +266,13 @@ def check_scope(
         warnings.append(
             f"{len(bad)} of {len(measures)} slices do not look like thigh or pelvis ({detail}); the model "
             "was trained on femoral/iliac levels only"
+        )
+    air = float(np.mean([(volume_hu[k] < AIR_BACKGROUND_HU).mean() for k in picks]))
+    checks["air_fraction"] = round(air, 4)
+    if air < MIN_AIR:
+        warnings.append(
+            f"values not HU: {100 * air:.1f}% of the pixels below {AIR_BACKGROUND_HU:.0f} HU (no air around "
+            "the body): stored values without the DICOM rescale, or not CT"
         )
     hist = np.sum([m.soft_hist for m in measures.values()], axis=0)
     n_body = sum(m.body_pixels for m in measures.values())
