@@ -29,6 +29,8 @@ A slice is **out of region** when (first reason that applies):
 * enhanced soft tissue (:data:`VESSEL_HU`) covers more than :data:`MAX_ENHANCED` of the soft tissue:
   large enhancing organs (liver, spleen, kidneys: upper abdomen), not vessels.
 
+At most 48 slices, evenly spread, are measured per series (slice ranges in warnings run over them).
+
 Series-level warnings (:class:`ScopeReport.warnings`):
 
 * ``modality``: the DICOM Modality is not ``CT`` (NIfTI records none: CT is assumed and said so);
@@ -77,7 +79,7 @@ MIN_VESSEL = 0.001
 AIR_BACKGROUND_HU = -800.0
 MIN_AIR = 0.01
 
-_MAX_SLICES = 64  # slices measured per series (evenly spread); the rest are not needed for statistics
+_MAX_SLICES = 48  # slices measured per series (evenly spread): enough for the statistics, bounded time
 
 
 @dataclass
@@ -206,20 +208,16 @@ def measure_slice(hu: np.ndarray, spacing_rc: Sequence[float]) -> SliceMeasures:
     )
 
 
-def _ranges(idx: Sequence[int]) -> str:
-    """``0-3, 7, 9-10`` for sorted slice indices."""
-    out, start, prev = [], None, None
-    for i in idx:
-        if start is None:
-            start = prev = i
-        elif i == prev + 1:
-            prev = i
+def _ranges(flagged: Sequence[int], measured: Sequence[int]) -> str:
+    """``0-3, 7, 9-10``: runs of flagged slices, a run spanning consecutive *measured* slices (sorted)."""
+    pos = {k: i for i, k in enumerate(measured)}
+    runs: list[list[int]] = []
+    for k in flagged:
+        if runs and pos[k] == pos[runs[-1][-1]] + 1:
+            runs[-1].append(k)
         else:
-            out.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = i
-    if start is not None:
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-    return ", ".join(out)
+            runs.append([k])
+    return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def check_scope(
@@ -262,7 +260,7 @@ def check_scope(
         by_reason: dict[str, list[int]] = {}
         for k, r in bad.items():
             by_reason.setdefault(r, []).append(k)
-        detail = "; ".join(f"{r}: slice(s) {_ranges(ks)}" for r, ks in by_reason.items())
+        detail = "; ".join(f"{r}: slice(s) {_ranges(ks, picks.tolist())}" for r, ks in by_reason.items())
         warnings.append(
             f"{len(bad)} of {len(measures)} slices do not look like thigh or pelvis ({detail}); the model "
             "was trained on femoral/iliac levels only"

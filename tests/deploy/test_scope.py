@@ -87,3 +87,16 @@ def test_not_axial_warns() -> None:
     vol, spacing = _phantom("iliac", 64)
     report = check_scope(vol, spacing, modality="CT", axial=False)
     assert report.warnings == ["slices are not axial: the model was trained on axial slices"]
+
+
+def test_long_series_names_the_chest_slices_of_a_chest_to_thigh_scan() -> None:
+    spec, image, _, _ = render_plan(ScanPlan(1, 1, 1, "femoral", 60), seed=0, size=64, preset="standard")
+    chest, _ = volume(chest_slice, n=40, size=64)
+    report = check_scope(
+        np.concatenate([image.astype(np.float32), chest]), (spec.spacing_mm,) * 2, modality="CT"
+    )
+    (warning,) = [w for w in report.warnings if "do not look like thigh or pelvis" in w]
+    assert report.checks["slices_measured"] == 48
+    ranges = warning.split("air-filled lungs (chest): slice(s) ")[1].split(")")[0]
+    first, last = (int(v) for v in ranges.split("-"))  # one run: every measured chest slice, no leg slice
+    assert 60 <= first <= 62 and last == 99
