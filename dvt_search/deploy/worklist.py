@@ -23,7 +23,8 @@ Written under ``OUT`` (atomically, :mod:`dvt_search.fsutil`): ``worklist.csv`` a
 (columns :data:`COLUMNS`, one row per series in discovery / CSV order) and ``series/<NNNN>/`` per scored
 series (``slices.csv``, ``summary.json``, heat maps with ``heatmaps=True``). Series are named by their key
 (folder relative to the input, ``:k`` for several in one folder; a NIfTI file by its relative path; a CSV
-row by its ``path`` cell): no header value (names, ids, dates, UIDs) is written or printed.
+row by its ``path`` cell, plus ``/<series key>`` when that folder holds several series): no header value
+(names, ids, dates, UIDs) is written or printed.
 """
 
 from __future__ import annotations

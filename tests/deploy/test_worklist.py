@@ -206,3 +206,22 @@ def test_batch_where_every_series_fails_exits_non_zero(exported, tmp_path, capsy
     err = capsys.readouterr().err
     assert "every series failed" in err and "[1/2] nope_a: ERROR" in err
     assert (pd.read_csv(out / "worklist.csv")["error"].str.len() > 0).all()
+
+
+@pytest.mark.parametrize("scan_threshold, decision", [(1.5, "no DVT detected"), (0.0, "DVT suspected")])
+def test_scan_decision_uses_the_exported_scan_threshold(
+    exported, selected_run, phantom_scans, tmp_path, scan_threshold, decision
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(exported / "sift_bow_svm", model)
+    doc = json.loads((model / "threshold.json").read_text())
+    doc["scan_threshold"] = scan_threshold  # as an export with an exam-level threshold records it
+    (model / "threshold.json").write_text(json.dumps(doc))
+    export_scan_dicom(selected_run["manifest"], phantom_scans[0], tmp_path / "in" / "s")
+    out = tmp_path / "wl"
+    assert main(["predict", "--model", str(model), "--batch", str(tmp_path / "in"), "--out", str(out)]) == 0
+    row = pd.read_parquet(out / "worklist.parquet").iloc[0]
+    assert row["threshold_key"] == "scan_threshold" and row["threshold"] == scan_threshold
+    assert row["decision"] == decision
+    summary = json.loads((out / row["output"] / "summary.json").read_text())
+    assert summary["scan_threshold_key"] == "scan_threshold" and summary["threshold"] == doc["threshold"]
