@@ -9,7 +9,8 @@ region (head, chest, upper abdomen, a cropped field), non-HU data and non-contra
 certify that a series *is* a femoral/iliac study.
 
 Per slice, on the HU image smoothed with a Gaussian of :data:`SMOOTH_MM` (skipped for pixels coarser
-than that; the noise of thin slices would otherwise fake enhanced pixels):
+than twice that; unsmoothed noise would fake enhanced pixels), morphology radii rounded down to whole
+pixels (an operation is skipped below one pixel):
 
 * **body**: pixels above :data:`BODY_HU`, opened with a disc of :data:`OPEN_MM` (detaches the table),
   components of at least :data:`MIN_PART_MM2` kept, holes filled;
@@ -17,7 +18,8 @@ than that; the noise of thin slices would otherwise fake enhanced pixels):
   cancellous bone, which overlap the vessel HU range, go with it); **soft tissue** = body minus bone;
 * **two legs**: the body's column profile (body height per column) has two lobes, each at least
   :data:`LEG_MIN_WIDTH_MM` wide and holding bone (the femurs), with a valley between them lower than
-  :data:`LEG_VALLEY` of the smaller lobe's peak. A slice showing two legs passes the region checks.
+  :data:`LEG_VALLEY` of the smaller lobe's peak. A slice showing two legs passes the region checks below
+  the border check (thighs are narrow one by one and may hold enhancing muscle).
 
 A slice is **out of region** when (first reason that applies):
 
@@ -46,6 +48,23 @@ Series-level warnings (:class:`ScopeReport.warnings`):
 * ``contrast``: enhanced-vessel pixels (:data:`VESSEL_HU` in soft tissue) cover less than
   :data:`MIN_VESSEL` of the soft tissue in more than half of the slices: no contrast or the wrong phase
   (DVT shows as a filling defect in an opacified vein).
+
+Thresholds (chosen on the phantom's femoral/iliac scans at 32-512 pixels, which all pass, and textbook
+HU; the tests hold chest, upper-abdomen, head, cropped, MR, non-HU and unenhanced volumes that must fail):
+
+=====================  ====================  ==========================================================
+body / air / bone      -500 / -400 / 400 HU  fat is -100, lung -850, cortical bone > 700
+vessel range           90-250 HU             opacified veins 90-160, arteries to 210 (design sheet)
+smallest body part     >= 60 cm2             one thigh is 110-250 cm2; a table strip is less
+body width             >= 220 mm             both thighs or a pelvis are 280-450 mm, a head 150-190
+border contact         <= 25 %               of the image edge (a body wider than the field touches it)
+inner air              <= 10 %               of the body (lungs fill 30-60 % of a chest slice)
+enhancing soft tissue  <= 15 %               thigh/pelvis 0.5-7 %; liver + spleen 30-50 % of an abdomen
+out-of-region slices   <= 20 %               of the measured slices before the series warns
+air pixels             >= 1 %                below -800 HU (the air around the body)
+soft-tissue peak       20-80 HU              muscle 40-60; >= 10 % of the body in 0-150 HU
+enhanced vessels       >= 0.1 %              of the soft tissue, on at least half of the slices
+=====================  ====================  ==========================================================
 
 Nothing here reads or writes header values besides the modality.
 """
