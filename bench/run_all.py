@@ -20,6 +20,7 @@ BENCHES = {
     "learnability": ["phantom_learnability.py"],
     "dataset": ["bench_dataset.py"],
     "dicom": ["bench_dicom.py"],
+    "scope": ["bench_scope.py"],
     "families": ["bench_families.py", "--device", "cpu"],
     "sift": ["bench_sift.py"],
     "search": ["bench_search.py"],

@@ -1,5 +1,8 @@
 """``dvt-search export | pull | predict``: deployable winners, cluster runs fetched, new series scored.
 
+``predict`` scores one DICOM series or NIfTI volume (:mod:`.predict`) or a batch into a worklist
+(:mod:`.worklist`).
+
 Only argument parsing lives here; heavy libraries are imported inside the handlers.
 """
 
@@ -46,6 +49,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from dvt_search.deploy.predict import format_summary, predict_series
 
+    if args.batch is not None:
+        return _predict_batch(args)
+    if args.heatmaps:
+        log.info("--heatmaps is for --batch; a single series always gets its heat maps")
     try:
         summary = predict_series(
             args.model,
@@ -54,11 +61,38 @@ def _predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             series=args.series,
+            nifti=args.nifti,
         )
     except (FileNotFoundError, OSError, ValueError) as exc:
         return _fail(exc)
     print(format_summary(summary, pd.read_csv(Path(args.out) / "slices.csv")))
     print(f"wrote {Path(args.out) / 'slices.csv'} and {len(summary['heatmaps'])} heat map(s)")
+    return 0
+
+
+def _predict_batch(args: argparse.Namespace) -> int:
+    import sys
+
+    from dvt_search.deploy.worklist import WORKLIST_CSV, WORKLIST_PARQUET, run_worklist
+
+    if args.series is not None:
+        return _fail(ValueError("--series is for --dicom; in a --batch CSV use its series column"))
+    try:
+        df = run_worklist(
+            args.model,
+            args.batch,
+            args.out,
+            heatmaps=args.heatmaps,
+            batch_size=args.batch_size,
+            device=args.device,
+            echo_error=lambda line: print(line, file=sys.stderr),
+        )
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        return _fail(exc)
+    print(f"wrote {Path(args.out) / WORKLIST_CSV} and {WORKLIST_PARQUET}")
+    if (df["error"] != "").all():
+        print("error: every series failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -79,15 +113,41 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="local directory to create or refresh")
     p.set_defaults(func=_pull)
 
-    p = subparsers.add_parser("predict", help="score a DICOM CT series with an exported model")
+    p = subparsers.add_parser(
+        "predict",
+        help="score a DICOM CT series, a NIfTI volume or a batch (worklist) with an exported model",
+        description="Score one series (--dicom or --nifti: slices.csv, summary.json, heat maps) or a batch "
+        "(--batch: worklist.csv + worklist.parquet, one row per series). Out-of-scope series (not CT, not "
+        "axial, not thigh/pelvis, soft tissue not in HU, no enhanced vessels) are scored with a warning. "
+        "Exit status: 0 when scored; with --batch, 1 only when every series failed (a failing series is "
+        "an error row and the others go on); 1 on a bad model folder or input.",
+    )
     p.add_argument(
         "--model", type=Path, required=True, help="an exported model directory (export.json inside)"
     )
-    p.add_argument(
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--dicom",
         type=Path,
-        required=True,
         help="folder holding the DICOM CT series (scouts, reports and non-axial images are skipped)",
+    )
+    what.add_argument(
+        "--nifti",
+        type=Path,
+        help="a NIfTI CT volume (.nii/.nii.gz), values taken as HU as stored; reoriented from its affine "
+        "so slice 0 is the most inferior",
+    )
+    what.add_argument(
+        "--batch",
+        type=Path,
+        metavar="FOLDER_OR_CSV",
+        help="a folder of studies (every DICOM series and NIfTI file under it) or a CSV with a path column "
+        "(+ optional series column): writes one worklist",
+    )
+    p.add_argument(
+        "--heatmaps",
+        action="store_true",
+        help="with --batch: also write heat maps of positive slices (a single series always gets them)",
     )
     p.add_argument(
         "--series",
@@ -99,7 +159,8 @@ def register(subparsers: Any) -> None:
         "--out",
         type=Path,
         default=Path("dvt-prediction"),
-        help="output folder for slices.csv, summary.json, heat maps (default ./dvt-prediction)",
+        help="output folder for slices.csv, summary.json, heat maps, or the worklist and series/<NNNN>/ "
+        "of a batch (default ./dvt-prediction)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

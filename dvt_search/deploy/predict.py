@@ -1,14 +1,18 @@
 """Score a new CT series with an exported model (``dvt-search predict --model DIR --dicom SERIES``).
 
-The series is read with :mod:`dvt_search.data.readers.dicom` (ordered by ImagePositionPatient so slice 0
-is the most inferior, RescaleSlope/Intercept applied), each slice is preprocessed as ``preprocess.json``
-says (:mod:`dvt_search.data.transform`, as in training), and the family scores it through
-``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
-SIFT-BoW-SVM arrays for the baseline. The scan decision is the highest slice probability against the
-validation-chosen threshold of ``threshold.json``.
+The series is read by :mod:`.inputs`: a DICOM series with :mod:`dvt_search.data.readers.dicom` (ordered
+by ImagePositionPatient so slice 0 is the most inferior, RescaleSlope/Intercept applied) or a NIfTI
+volume (``--nifti``) in the same layout. :mod:`.scope` checks that it is what the model was trained for
+(CT, axial, thigh/pelvis, HU, contrast) and its warnings go into the summary. Each slice is preprocessed as
+``preprocess.json`` says (:mod:`dvt_search.data.transform`, as in training), and the family scores it
+through ``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
+SIFT-BoW-SVM arrays for the baseline. A slice is positive at ``threshold.json``'s ``threshold``; the scan
+decision is the highest slice probability against the exam-level ``scan_threshold`` when the export has
+one, else against ``threshold`` (the summary says which). Batches of series: :mod:`.worklist`.
 
-Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` and, for
-families that explain their scores (the CNNs), ``heatmap_slice_<k>.png`` for every positive slice. CNN
+Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` (decision,
+out-of-scope ``warnings`` and the ``scope`` measures) and, for families that explain their scores (the
+CNNs), ``heatmap_slice_<k>.png`` for every positive slice. CNN
 heat maps are Grad-CAM maps of the eager network (rebuilt from the exported ``meta.json`` +
 ``weights.pt``, which hold the same weights as the TorchScript file), because Grad-CAM needs the layer
 activations that a TorchScript graph does not expose.
@@ -29,7 +33,9 @@ import numpy as np
 import pandas as pd
 
 from dvt_search.data.spec import DataSpec
+from dvt_search.deploy.inputs import SeriesInput, read_dicom_folder, read_nifti_input
 from dvt_search.deploy.preprocess import network_input, spec_from_preprocess
+from dvt_search.deploy.scope import check_scope
 from dvt_search.families import get as get_family
 from dvt_search.families.base import ExportedScorer
 from dvt_search.fsutil import atomic_write, atomic_write_text
@@ -49,6 +55,8 @@ class Exported:
     kind: str
     preprocess: dict[str, Any]
     threshold: float
+    #: exam-level threshold of the scan decision (``threshold.json``'s ``scan_threshold``), None without one
+    scan_threshold: float | None = None
     _scorer: ExportedScorer | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -65,7 +73,22 @@ class Exported:
             raise ValueError(
                 f"{d}/threshold.json holds no threshold (the run was selected without a test set)"
             )
-        return cls(d, info["family"], str(info.get("kind", "")), pre, float(thr["threshold"]))
+        scan = thr.get("scan_threshold")
+        return cls(
+            d,
+            info["family"],
+            str(info.get("kind", "")),
+            pre,
+            float(thr["threshold"]),
+            None if scan is None else float(scan),
+        )
+
+    @property
+    def decision_threshold(self) -> tuple[float, str]:
+        """The scan decision's threshold and its ``threshold.json`` key (``scan_threshold`` when present)."""
+        if self.scan_threshold is not None:
+            return self.scan_threshold, "scan_threshold"
+        return self.threshold, "threshold"
 
     @property
     def spec(self) -> DataSpec:
@@ -97,11 +120,7 @@ def read_dicom_volume(series_dir: str | os.PathLike[str], series: str | None = N
     series, ``series`` picks one (1-based index or series key, as listed in the warning); without it the
     largest axial CT series is used and the choice is logged.
     """
-    from dvt_search.data.readers.dicom import read_series
-    from dvt_search.data.readers.discovery import choose_series, find_series
-
-    chosen = choose_series(find_series(Path(series_dir)), series, str(series_dir))
-    return np.asarray(read_series(chosen).scan.image, dtype=np.float32)
+    return read_dicom_folder(series_dir, series).volume
 
 
 def overlay_png(image01: np.ndarray, heat: np.ndarray, path: Path) -> None:
@@ -116,50 +135,79 @@ def overlay_png(image01: np.ndarray, heat: np.ndarray, path: Path) -> None:
         raise OSError(f"{path}: cannot write PNG")
 
 
-def predict_series(
-    model_dir: str | os.PathLike[str],
-    dicom_dir: str | os.PathLike[str],
+def predict_input(
+    model: Exported,
+    series: SeriesInput,
     out: str | os.PathLike[str],
     *,
+    heatmaps: bool = True,
     batch_size: int = 16,
     device: str = "cpu",
-    series: str | None = None,
 ) -> dict[str, Any]:
-    """Score a DICOM series, write ``slices.csv``, ``summary.json`` and heat maps; return the summary.
-
-    ``series`` chooses among several series under ``dicom_dir`` (see :func:`read_dicom_volume`).
-    """
-    model = Exported.open(model_dir)
-    volume = read_dicom_volume(dicom_dir, series)
+    """Check and score one read series; write ``slices.csv``, ``summary.json`` (+ heat maps); return the summary."""
+    scope = check_scope(series.volume, series.spacing_rc, modality=series.modality, axial=series.axial)
+    volume = series.volume
     probs = model.scores(volume, batch_size=batch_size, device=device)
     positive = probs >= model.threshold
+    scan_thr, scan_key = model.decision_threshold
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"slice_index": np.arange(len(probs)), "probability": probs, "positive": positive})
     atomic_write(out / "slices.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     heat_files: list[str] = []
     idx = np.flatnonzero(positive)
-    maps = model.heatmaps([volume[i] for i in idx])
+    maps = model.heatmaps([volume[i] for i in idx]) if heatmaps else None
     if maps is not None:
         spec = model.spec
         for k, heat in zip(idx, maps):
             name = f"heatmap_slice_{int(k):04d}.png"
             overlay_png(network_input(volume[k], spec)[0], heat, out / name)
             heat_files.append(name)
+    top = float(probs.max()) if len(probs) else float("nan")
     summary = {
         "family": model.family,
+        "source": series.source,
         "n_slices": int(len(probs)),
         "threshold": model.threshold,
-        "max_probability": float(probs.max()) if len(probs) else float("nan"),
+        "scan_threshold": scan_thr,
+        "scan_threshold_key": scan_key,
+        "max_probability": top,
         "max_slice_index": int(probs.argmax()) if len(probs) else None,
         "positive_slices": [int(i) for i in idx],
-        "decision": "DVT suspected" if positive.any() else "no DVT detected",
-        "scan_rule": "DVT suspected when the highest slice probability >= threshold",
+        "decision": "DVT suspected" if len(probs) and top >= scan_thr else "no DVT detected",
+        "scan_rule": f"DVT suspected when the highest slice probability >= {scan_key}",
+        "in_scope": scope.ok,
+        "warnings": list(scope.warnings),
+        "scope": scope.checks,
         "heatmaps": heat_files,
-        "heatmap_method": model.scorer.heatmap_method,
+        "heatmap_method": model.scorer.heatmap_method if heatmaps else "none (not asked for)",
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def predict_series(
+    model_dir: str | os.PathLike[str],
+    dicom_dir: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    series: str | None = None,
+    nifti: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Score a DICOM series (or the NIfTI volume ``nifti``), write ``slices.csv``, ``summary.json`` and heat maps.
+
+    ``series`` chooses among several series under ``dicom_dir`` (see :func:`read_dicom_volume`).
+    """
+    model = Exported.open(model_dir)
+    if nifti is not None:
+        read = read_nifti_input(nifti)
+    elif dicom_dir is not None:
+        read = read_dicom_folder(dicom_dir, series)
+    else:
+        raise ValueError("give a DICOM folder or a NIfTI file")
+    return predict_input(model, read, out, batch_size=batch_size, device=device)
 
 
 def format_summary(summary: dict[str, Any], probs: pd.DataFrame | None = None) -> str:
@@ -169,9 +217,13 @@ def format_summary(summary: dict[str, Any], probs: pd.DataFrame | None = None) -
         lines.append(f"{'slice':>6}  {'probability':>11}  positive")
         for r in probs.itertuples():
             lines.append(f"{r.slice_index:>6}  {r.probability:>11.4f}  {'yes' if r.positive else ''}")
+    lines.extend(f"WARNING: out of scope: {w}" for w in summary.get("warnings", []))
+    scan_thr = summary.get("scan_threshold", summary["threshold"])
     lines.append(
         f"{summary['family']}: {summary['decision']} (max slice probability {summary['max_probability']:.4f} "
-        f"at slice {summary['max_slice_index']}, threshold {summary['threshold']:.4f}; "
-        f"{len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
+        f"at slice {summary['max_slice_index']}, {summary.get('scan_threshold_key', 'threshold')} "
+        f"{scan_thr:.4f}; {len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
     )
+    if summary.get("warnings"):
+        lines.append("the series is not what the model was trained for: do not rely on this decision")
     return "\n".join(lines)
