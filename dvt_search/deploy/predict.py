@@ -4,8 +4,9 @@ The series is read with :mod:`dvt_search.data.readers.dicom` (ordered by ImagePo
 is the most inferior, RescaleSlope/Intercept applied), each slice is preprocessed as ``preprocess.json``
 says (:mod:`dvt_search.data.transform`, as in training), and the family scores it through
 ``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
-SIFT-BoW-SVM arrays for the baseline. The scan decision is the highest slice probability against the
-validation-chosen threshold of ``threshold.json``.
+SIFT-BoW-SVM arrays for the baseline. The scan decision aggregates the slice probabilities as
+``threshold.json``'s ``scan_aggregation`` says and compares the result with its ``scan_threshold``, both
+chosen on validation scans (:mod:`.scan_rule`); slices are flagged against the slice ``threshold``.
 
 Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` and, for
 families that explain their scores (the CNNs), ``heatmap_slice_<k>.png`` for every positive slice. CNN
@@ -30,6 +31,7 @@ import pandas as pd
 
 from dvt_search.data.spec import DataSpec
 from dvt_search.deploy.preprocess import network_input, spec_from_preprocess
+from dvt_search.deploy.scan_rule import scan_decision
 from dvt_search.families import get as get_family
 from dvt_search.families.base import ExportedScorer
 from dvt_search.fsutil import atomic_write, atomic_write_text
@@ -146,6 +148,7 @@ def predict_series(
             name = f"heatmap_slice_{int(k):04d}.png"
             overlay_png(network_input(volume[k], spec)[0], heat, out / name)
             heat_files.append(name)
+    scan = scan_decision(model.directory, probs)
     summary = {
         "family": model.family,
         "n_slices": int(len(probs)),
@@ -153,8 +156,8 @@ def predict_series(
         "max_probability": float(probs.max()) if len(probs) else float("nan"),
         "max_slice_index": int(probs.argmax()) if len(probs) else None,
         "positive_slices": [int(i) for i in idx],
-        "decision": "DVT suspected" if positive.any() else "no DVT detected",
-        "scan_rule": "DVT suspected when the highest slice probability >= threshold",
+        "decision": "DVT suspected" if scan["scan_positive"] else "no DVT detected",
+        **scan,
         "heatmaps": heat_files,
         "heatmap_method": model.scorer.heatmap_method,
     }
@@ -170,8 +173,9 @@ def format_summary(summary: dict[str, Any], probs: pd.DataFrame | None = None) -
         for r in probs.itertuples():
             lines.append(f"{r.slice_index:>6}  {r.probability:>11.4f}  {'yes' if r.positive else ''}")
     lines.append(
-        f"{summary['family']}: {summary['decision']} (max slice probability {summary['max_probability']:.4f} "
-        f"at slice {summary['max_slice_index']}, threshold {summary['threshold']:.4f}; "
-        f"{len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
+        f"{summary['family']}: {summary['decision']} (scan score {summary['scan_score']:.4f} "
+        f"({summary['scan_aggregation']['how']}), scan threshold {summary['scan_threshold']:.4f}; max slice "
+        f"probability {summary['max_probability']:.4f} at slice {summary['max_slice_index']}, slice threshold "
+        f"{summary['threshold']:.4f}; {len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
     )
     return "\n".join(lines)
