@@ -68,13 +68,22 @@ def _fit(w: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.nd
     wn = w.sum(axis=1)
     both = (wy > 0) & (wy < wn)
     a, b, a1 = np.zeros(r), np.ones(r), np.zeros(r)
-    done = ~both
+    # (quasi-)complete separation on one predictor: no finite slope; found directly instead of by divergence
+    on, pos = w > 0, y == 1
+    hi_neg = np.where(on & ~pos, x, -np.inf).max(1)
+    lo_pos = np.where(on & pos, x, np.inf).min(1)
+    hi_pos = np.where(on & pos, x, -np.inf).max(1)
+    lo_neg = np.where(on & ~pos, x, np.inf).min(1)
+    separated = both & ((hi_neg <= lo_pos) | (hi_pos <= lo_neg))
+    done = ~both | separated
     done1 = ~both
     for _ in range(_ITERATIONS):
-        if not done.all():
-            p = _sigmoid(a[:, None] + b[:, None] * x)
-            res = w * (y - p)
-            h = w * p * (1.0 - p)
+        live = np.flatnonzero(~done)  # only the fits still running are updated (cost falls as they finish)
+        if live.size:
+            wl = w[live]
+            p = _sigmoid(a[live, None] + b[live, None] * x)
+            res = wl * (y - p)
+            h = wl * p * (1.0 - p)
             ga, gb = res.sum(1), res @ x
             haa, hab, hbb = h.sum(1), h @ x, h @ (x * x)
             det = haa * hbb - hab * hab
@@ -83,22 +92,22 @@ def _fit(w: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.nd
                 db = np.where(det > 0, (haa * gb - hab * ga) / det, 0.0)
             norm = np.hypot(da, db)
             scale = np.where(norm > 5.0, 5.0 / np.maximum(norm, 1e-300), 1.0)  # damped far from the optimum
-            live = ~done
-            a = np.where(live, a + scale * da, a)
-            b = np.where(live, b + scale * db, b)
-            done |= (norm < _TOL) | (np.abs(b) > _MAX_SLOPE)
-        if not done1.all():
-            p1 = _sigmoid(a1[:, None] + x)
-            g1 = (w * (y - p1)).sum(1)
-            h1 = (w * p1 * (1.0 - p1)).sum(1)
+            a[live] += scale * da
+            b[live] += scale * db
+            done[live] = (norm < _TOL) | (np.abs(b[live]) > _MAX_SLOPE)
+        live1 = np.flatnonzero(~done1)
+        if live1.size:
+            wl = w[live1]
+            p1 = _sigmoid(a1[live1, None] + x)
+            g1 = (wl * (y - p1)).sum(1)
+            h1 = (wl * p1 * (1.0 - p1)).sum(1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                d1 = np.where(h1 > 0, g1 / h1, 0.0)
-            d1 = np.clip(d1, -5.0, 5.0)
-            a1 = np.where(~done1, a1 + d1, a1)
-            done1 |= np.abs(d1) < _TOL
-        if done.all() and done1.all():
+                d1 = np.clip(np.where(h1 > 0, g1 / h1, 0.0), -5.0, 5.0)
+            a1[live1] += d1
+            done1[live1] = np.abs(d1) < _TOL
+        if not live.size and not live1.size:
             break
-    ok = both & (np.abs(b) <= _MAX_SLOPE) & done
+    ok = both & ~separated & (np.abs(b) <= _MAX_SLOPE) & done
     nan = np.nan
     return np.where(ok, a, nan), np.where(ok, b, nan), np.where(both & done1, a1, nan)
 

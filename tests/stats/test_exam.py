@@ -183,3 +183,19 @@ def test_compare_stores_the_exam_endpoint_and_states_it_in_the_verdict() -> None
     assert doc["counts"]["test"]["n_scans"] == 12
     line = next(v for v in doc["verdict"] if v.startswith("Exam level"))
     assert "NPV" in line and f"{e['test']['youden']['threshold']:.3g}" in line
+
+
+def test_scan_and_slice_bootstraps_draw_the_same_patients() -> None:
+    """The exam-level intervals are paired with the slice-level ones: identical patient resamples."""
+    f = _slices(
+        [
+            ("p1", "a", [0, 1, 0], [0.1] * 3),
+            ("p1", "b", [0, 0], [0.1] * 2),
+            ("p2", "c", [0], [0.1]),
+            ("p3", "d", [1, 1], [0.1] * 2),
+            ("p4", "e", [0, 0], [0.1] * 2),
+        ]
+    )
+    slices = PatientBootstrap(f["patient_id"], n_resamples=50, seed=9, strata=f["label"])
+    scans = scan_bootstrap(f, 50, 9, 0.95)
+    np.testing.assert_array_equal(slices.counts, scans.counts)
