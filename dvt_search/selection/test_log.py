@@ -155,8 +155,8 @@ def check(
     )
     if not evaluate_test:
         raise TestAlreadyEvaluated(
-            f"{head}; --no-test would replace the selection that evaluation belongs to. Pass --force to do "
-            "it anyway"
+            f"{head}; re-selecting without evaluating the test set (--no-test) would replace the selection "
+            "that evaluation belongs to. Pass --force to do it anyway"
         )
     raise TestAlreadyEvaluated(
         f"{head}; this one differs ({_differences(last, settings_, winners)}). Looking at the test set again "
