@@ -66,7 +66,8 @@ def _state(run: Path) -> dict[str, bytes]:
         "test_predictions.parquet",
         "test_evaluations.jsonl",
     )
-    return {n: (run / n).read_bytes() for n in names}
+    # bytes, and inode + mtime: an atomic rewrite with identical content is still a rewrite
+    return {n: ((run / n).read_bytes(), (run / n).stat().st_ino, (run / n).stat().st_mtime_ns) for n in names}
 
 
 @pytest.mark.slow

@@ -89,6 +89,23 @@ def test_aggregation_is_chosen_on_validation_with_ties_to_max() -> None:
     assert agg["how"] == "mean"  # mean and top-2 tie at 1.0: the pre-specified order puts mean first
     tied = _slices([("p1", "s1", [0, 0], [0.1, 0.2]), ("p2", "s2", [1, 0], [0.9, 0.3])])
     assert choose_aggregation(tied)["how"] == "max"  # every aggregation 1.0: max
+    # on test the max would win (and the mean lose): the endpoint still uses validation's choice
+    test = _slices(
+        [
+            ("q1", "t1", [0, 0, 0], [0.3, 0.3, 0.3]),
+            ("q2", "t2", [1, 0, 0], [0.9, 0.05, 0.05]),
+            ("q3", "t3", [0, 0, 0], [0.4, 0.35, 0.4]),
+            ("q4", "t4", [1, 0, 0], [0.8, 0.1, 0.1]),
+        ]
+    )
+    on_test = choose_aggregation(test, k=2)
+    assert on_test["how"] == "max" and on_test["val_auc"]["mean"] < 1.0
+    e = exam_endpoint(val, test, scan_bootstrap(test, 20, 0, 0.95, k=2), k=2)
+    assert e["aggregation"]["how"] == "mean"
+    means = aggregate_scans(test, "mean")["score"].to_numpy()
+    assert e["test"]["youden"]["tp"] == int(
+        ((means >= e["thresholds"]["youden"]) & (np.array([0, 1, 0, 1]) == 1)).sum()
+    )
 
 
 def test_scan_threshold_comes_from_validation_not_test() -> None:
