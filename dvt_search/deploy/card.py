@@ -16,6 +16,46 @@ def _ci(d: dict[str, Any] | None, digits: int = 3) -> str:
     return CI.from_dict(d).fmt(digits)
 
 
+def _brier_ref(cal: dict[str, Any]) -> str:
+    if "brier_reference" not in cal:
+        return ""
+    return f" (no-skill reference {cal['brier_reference']:.3f}; scaled Brier {cal['scaled_brier']:.2f})"
+
+
+def _exam_lines(exam: dict[str, Any] | None) -> list[str]:
+    """The exam-level (scan) endpoint: the decision ``predict`` makes, with its test performance."""
+    if not exam:
+        return ["", "The exam-level endpoint was not recorded (comparison from an older version)."]
+    if "test" not in exam:
+        return ["", f"Exam level: {exam.get('note', 'not estimable')}."]
+    agg, y, n = exam["aggregation"], exam["test"]["youden"], exam["counts"]["test"]
+    how = f"top-{agg['k']} mean" if agg["how"] == "topk" else agg["how"]
+    out = [
+        "",
+        "### Exam level (primary endpoint: is there a DVT in this scan?)",
+        "",
+        f"Scan score: the {how} of the slice probabilities; scan threshold {y['threshold']:.4g} (Youden's J). "
+        "Both were chosen on validation scans and are what `predict` uses (`threshold.json`: "
+        f"`scan_aggregation`, `scan_threshold`). Test: {n['n_scans']} scans ({n['n_positive_scans']} with DVT) "
+        f"from {n['n_patients']} patients ({n['n_positive_patients']} with DVT).",
+        "",
+        "| scan-level metric | value |",
+        "|---|---|",
+        f"| scan AUC | {_ci(exam['test']['auc'])} |",
+        f"| sensitivity | {_ci(y['sensitivity'])} |",
+        f"| specificity | {_ci(y['specificity'])} |",
+        f"| PPV | {_ci(y['ppv'])} |",
+        f"| NPV | {_ci(y['npv'])} |",
+        "",
+    ]
+    for op in exam["test"]["at_specificity"]:
+        out.append(
+            f"- At validation scan specificity {op['target']:.2f} (threshold {op['threshold']:.4g}): test "
+            f"sensitivity {_ci(op['sensitivity'])}, specificity {_ci(op['specificity'])}."
+        )
+    return out
+
+
 def _data_lines(selection: dict[str, Any]) -> list[str]:
     data = selection.get("data") or {}
     rows = data.get("partitions") or []
@@ -60,7 +100,7 @@ def model_card(
         "",
         "## Intended use",
         "",
-        "Research use only: flagging axial CT slices (and, by their highest slice score, scans) of the "
+        "Research use only: flagging axial CT slices (and scans, by the scan rule of `threshold.json`) of the "
         "femoral veins that may show a deep vein thrombosis, for study by radiology-AI researchers. It is "
         "not a medical device and must not be used for diagnosis or to rule out DVT.",
         "",
@@ -117,7 +157,7 @@ def model_card(
             f"| test recall (sensitivity) @ {th['youden']:.4g} | {_ci(t['recall'])} |",
             f"| test specificity @ {th['youden']:.4g} | {_ci(t['specificity'])} |",
             f"| scan-level AUC (max slice score) | {_ci(stats['scan_level'].get('max'))} |",
-            f"| Brier score | {stats['calibration']['brier']:.3f} |",
+            f"| Brier score | {stats['calibration']['brier']:.3f}{_brier_ref(stats['calibration'])} |",
             "",
             f"The threshold {th['youden']:.4g} was chosen on validation predictions "
             f"({comparison['threshold_rule']}).",
@@ -127,6 +167,7 @@ def model_card(
                 f"- At validation sensitivity {op['target_sensitivity']:.2f} (threshold {op['threshold']:.4g}): "
                 f"test sensitivity {_ci(op['test']['recall'])}, specificity {_ci(op['test']['specificity'])}."
             )
+        lines += _exam_lines(stats.get("exam"))
     lines += [
         "",
         "## Limitations",
@@ -141,7 +182,8 @@ def model_card(
         "- Slices of one patient are correlated; intervals treat patients as the independent units "
         "(clustered AUC intervals, patient bootstrap), but the test set is small, so intervals are wide and "
         "rankings between families may not hold on new patients.",
-        "- Probabilities may be poorly calibrated (see the Brier score); use the validation-chosen threshold, "
+        "- Probabilities may be poorly calibrated (see the Brier score beside its no-skill reference); use the "
+        "validation-chosen threshold, "
         "and re-choose it on local validation data before use elsewhere.",
         "- Femoral-level scans only (the paper's scope); iliac anatomy, other phases, other scanners and "
         "reconstruction kernels are out of scope.",

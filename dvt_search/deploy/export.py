@@ -12,7 +12,9 @@ checkpoint (``meta.json`` + the family's weight files, so ``families.get(f).load
                     (dynamic batch axis, where an exporter succeeds); see
                     :mod:`dvt_search.families.torch_export`
 ``preprocess.json`` how to turn a CT slice in HU into the model input (see :mod:`.preprocess`)
-``threshold.json``  the operating threshold chosen on VALIDATION predictions (+ fixed-sensitivity ones)
+``threshold.json``  the slice threshold chosen on VALIDATION slices (``threshold``, + fixed-sensitivity
+                    ones) and the scan decision: ``scan_aggregation`` (how slice scores make a scan score)
+                    and ``scan_threshold``, both chosen on VALIDATION scans (the exam-level endpoint)
 ``metrics.json``    validation and test metrics with clustered / patient-bootstrap intervals
 ``MODEL_CARD.md``   intended use, data, metrics, limitations and the size of the search
 ``export.json``     what was exported, how (TorchScript/ONNX status and any failure reason), sha256s
@@ -96,22 +98,45 @@ def export_winner(
         }
         info.update(model.export(tmp))
         _write_json(tmp / PREPROCESS_FILE, preprocess_spec(model))
-        thresholds = stats["thresholds"] if stats else None
-        _write_json(
-            tmp / THRESHOLD_FILE,
-            {
-                "threshold": None if thresholds is None else thresholds["youden"],
-                "rule": None if stats is None else comparison["threshold_rule"],
-                "at_sensitivity": None if thresholds is None else thresholds["at_sensitivity"],
-                "slice_rule": "a slice is positive when probability >= threshold",
-                "scan_rule": "a scan is positive when its highest slice probability >= threshold",
-            },
-        )
+        _write_json(tmp / THRESHOLD_FILE, threshold_doc(stats, comparison))
         _write_json(tmp / METRICS_FILE, _metrics(winner, stats, comparison))
         atomic_write_text(tmp / CARD_FILE, model_card(family, selection, comparison, info, model))
         info["files"] = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
         _write_json(tmp / EXPORT_FILE, info)
     return out / family
+
+
+def threshold_doc(stats: dict[str, Any] | None, comparison: dict[str, Any] | None) -> dict[str, Any]:
+    """``threshold.json``: the slice threshold (``threshold``) and the scan decision chosen on validation.
+
+    ``scan_threshold`` / ``scan_aggregation`` are ``None`` for a comparison without the exam-level endpoint
+    (format 2); readers then fall back to the highest slice probability against ``threshold``.
+    """
+    thresholds = stats["thresholds"] if stats else None
+    exam = (stats or {}).get("exam") or {}
+    scan_th = exam.get("thresholds")
+    agg = exam.get("aggregation") if scan_th else None
+    if agg:
+        what = {
+            "max": "highest slice probability",
+            "mean": "mean slice probability",
+            "topk": f"mean of its {agg['k']} highest slice probabilities",
+        }[agg["how"]]
+        scan_rule = f"a scan is positive when its {what} >= scan_threshold"
+    else:
+        scan_rule = "a scan is positive when its highest slice probability >= threshold"
+    return {
+        "threshold": None if thresholds is None else thresholds["youden"],
+        "rule": None if stats is None else comparison["threshold_rule"],
+        "at_sensitivity": None if thresholds is None else thresholds["at_sensitivity"],
+        "slice_rule": "a slice is positive when probability >= threshold",
+        "scan_threshold": None if not scan_th else scan_th["youden"],
+        "scan_aggregation": None if not agg else {"how": agg["how"], "k": agg["k"]},
+        "scan_threshold_rule": None if not scan_th else comparison.get("exam_rule"),
+        "scan_at_sensitivity": None if not scan_th else scan_th["at_sensitivity"],
+        "scan_at_specificity": None if not scan_th else scan_th["at_specificity"],
+        "scan_rule": scan_rule,
+    }
 
 
 def _metrics(
@@ -124,7 +149,8 @@ def _metrics(
             **stats["test"],
             "operating_points": stats["operating_points"],
             "scan_level": stats["scan_level"],
-            "calibration": {k: stats["calibration"][k] for k in ("brier", "ece")},
+            "calibration": {k: v for k, v in stats["calibration"].items() if k != "bins"},
+            "exam": stats.get("exam"),
             "n": comparison.get("test", {}),
             "interval": f"{int(round(comparison['level'] * 100))}%; AUC: "
             f"{comparison.get('auc_interval', 'patient-bootstrap percentile')}; other rates: patient-bootstrap "

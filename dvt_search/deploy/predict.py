@@ -6,9 +6,11 @@ volume (``--nifti``) in the same layout. :mod:`.scope` checks that it is what th
 (CT, axial, thigh/pelvis, HU, contrast) and its warnings go into the summary. Each slice is preprocessed as
 ``preprocess.json`` says (:mod:`dvt_search.data.transform`, as in training), and the family scores it
 through ``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
-SIFT-BoW-SVM arrays for the baseline. A slice is positive at ``threshold.json``'s ``threshold``; the scan
-decision is the highest slice probability against the exam-level ``scan_threshold`` when the export has
-one, else against ``threshold`` (the summary says which). Batches of series: :mod:`.worklist`.
+SIFT-BoW-SVM arrays for the baseline. The scan decision aggregates the slice probabilities as
+``threshold.json``'s ``scan_aggregation`` says and compares the result with its ``scan_threshold``, both
+chosen on validation scans (:mod:`.scan_rule`; an export without them keeps the highest slice probability
+against the slice ``threshold``); slices are flagged against the slice ``threshold``. Batches of series:
+:mod:`.worklist`.
 
 Outputs (``--out``): ``slices.csv`` (slice_index, probability, positive), ``summary.json`` (decision,
 out-of-scope ``warnings`` and the ``scope`` measures) and, for families that explain their scores (the
@@ -35,6 +37,7 @@ import pandas as pd
 from dvt_search.data.spec import DataSpec
 from dvt_search.deploy.inputs import SeriesInput, read_dicom_folder, read_nifti_input
 from dvt_search.deploy.preprocess import network_input, spec_from_preprocess
+from dvt_search.deploy.scan_rule import scan_decision
 from dvt_search.deploy.scope import check_scope
 from dvt_search.families import get as get_family
 from dvt_search.families.base import ExportedScorer
@@ -164,18 +167,18 @@ def predict_input(
             overlay_png(network_input(volume[k], spec)[0], heat, out / name)
             heat_files.append(name)
     top = float(probs.max()) if len(probs) else float("nan")
+    scan = scan_decision(model.directory, probs)
     summary = {
         "family": model.family,
         "source": series.source,
         "n_slices": int(len(probs)),
         "threshold": model.threshold,
-        "scan_threshold": scan_thr,
         "scan_threshold_key": scan_key,
         "max_probability": top,
         "max_slice_index": int(probs.argmax()) if len(probs) else None,
         "positive_slices": [int(i) for i in idx],
-        "decision": "DVT suspected" if len(probs) and top >= scan_thr else "no DVT detected",
-        "scan_rule": f"DVT suspected when the highest slice probability >= {scan_key}",
+        "decision": "DVT suspected" if scan["scan_positive"] else "no DVT detected",
+        **scan,
         "in_scope": scope.ok,
         "warnings": list(scope.warnings),
         "scope": scope.checks,
@@ -218,11 +221,11 @@ def format_summary(summary: dict[str, Any], probs: pd.DataFrame | None = None) -
         for r in probs.itertuples():
             lines.append(f"{r.slice_index:>6}  {r.probability:>11.4f}  {'yes' if r.positive else ''}")
     lines.extend(f"WARNING: out of scope: {w}" for w in summary.get("warnings", []))
-    scan_thr = summary.get("scan_threshold", summary["threshold"])
     lines.append(
-        f"{summary['family']}: {summary['decision']} (max slice probability {summary['max_probability']:.4f} "
-        f"at slice {summary['max_slice_index']}, {summary.get('scan_threshold_key', 'threshold')} "
-        f"{scan_thr:.4f}; {len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
+        f"{summary['family']}: {summary['decision']} (scan score {summary['scan_score']:.4f} "
+        f"({summary['scan_aggregation']['how']}), scan threshold {summary['scan_threshold']:.4f}; max slice "
+        f"probability {summary['max_probability']:.4f} at slice {summary['max_slice_index']}, slice threshold "
+        f"{summary['threshold']:.4f}; {len(summary['positive_slices'])} of {summary['n_slices']} slices positive)"
     )
     if summary.get("warnings"):
         lines.append("the series is not what the model was trained for: do not rely on this decision")

@@ -150,7 +150,7 @@ def _scored_row(target: Target, summary: dict[str, Any], output: str) -> dict[st
         "series_key": target.key,
         "source": summary["source"],
         "n_slices": summary["n_slices"],
-        "scan_score": summary["max_probability"],
+        "scan_score": summary["scan_score"],
         "threshold": summary["scan_threshold"],
         "threshold_key": summary["scan_threshold_key"],
         "decision": summary["decision"],

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dvt_search.report.context import ReportContext, hours
+from dvt_search.report.context import ReportContext, ci, hours
 from dvt_search.report.figures import (
     cam_figure,
+    decision_curve_figure,
     history_figure,
     importance_figure,
     learning_curves_figure,
@@ -13,6 +14,95 @@ from dvt_search.report.figures import (
 from dvt_search.report.render import Block, Bullets, Figure, FigureGrid, Heading, Para, Table
 from dvt_search.report.sections import MULTITASK, PAPER_PATCH_VEIN_AUC, PATCH
 from dvt_search.stats.compare import DELONG_NOTE, FEW_PATIENTS, MULTIPLICITY_FAMILY, significance_rule
+
+
+def _brier_words(fam: str, level: str, cal: dict) -> str:
+    b, ref = cal["brier"], cal["brier_reference"]
+    if round(b, 3) == round(ref, 3):
+        rel = "about equal to"
+    else:
+        rel = "below (better than)" if b < ref else "above (worse than)"
+    return (
+        f"{fam} ({level}): Brier {b:.3f}, {rel} the no-skill reference {ref:.3f} of always predicting the "
+        f"prevalence {cal['prevalence']:.3f}."
+    )
+
+
+def _useful_words(fam: str, dc: dict) -> str:
+    ranges = dc.get("useful") or []
+    if not ranges:
+        return (
+            f"{fam}: on the test scans its net benefit is nowhere above both treat-all and treat-none over "
+            f"threshold probabilities {dc['thresholds'][0]:.2f}–{dc['thresholds'][-1]:.2f}."
+        )
+    spans = ", ".join(f"{a:.2f}" if a == b else f"{a:.2f}–{b:.2f}" for a, b in ranges)
+    return (
+        f"{fam}: net benefit above both treat-all and treat-none at threshold probabilities {spans} "
+        "(test scans)."
+    )
+
+
+def usefulness(c: ReportContext) -> list[Block]:
+    """Calibration against its no-skill reference, recalibration slope / intercept and the decision curve."""
+    fams = [f for f in c.families if c.stats(f)]
+    if not fams or "brier_reference" not in c.stats(fams[0])["calibration"]:
+        return []
+    rows, words, curves = [], [], {}
+    for f in fams:
+        st = c.stats(f)
+        levels = [("slices", st["calibration"])]
+        exam = st.get("exam") or {}
+        if exam.get("calibration"):
+            levels.append(("scans", exam["calibration"]))
+        for level, cal in levels:
+            rows.append(
+                [
+                    f,
+                    level,
+                    f"{cal['brier']:.3f}",
+                    f"{cal['brier_reference']:.3f}",
+                    "n/a" if cal["scaled_brier"] != cal["scaled_brier"] else f"{cal['scaled_brier']:.2f}",
+                    ci(cal["slope"]),
+                    ci(cal["intercept"]),
+                ]
+            )
+            words.append(_brier_words(f, level, cal))
+        if exam.get("decision_curve"):
+            curves[f] = exam["decision_curve"]
+            words.append(_useful_words(f, exam["decision_curve"]))
+    lvl = round(c.comparison.get("level", 0.95) * 100)
+    blocks: list[Block] = [
+        Heading("Calibration and clinical usefulness", anchor="usefulness"),
+        Table(
+            [
+                "family",
+                "unit",
+                "Brier",
+                "no-skill reference",
+                "scaled Brier",
+                "calibration slope",
+                "calibration intercept",
+            ],
+            rows,
+            caption=f"{c.comparison.get('calibration_rule', '')}. Slope 1 and intercept 0 are ideal; a slope "
+            f"below 1 means over-confident (too extreme) scores. {lvl}% intervals; scans are scored by the "
+            "aggregation chosen on validation (exam-level section).",
+        ),
+        Bullets(words),
+    ]
+    if curves:
+        blocks.append(
+            FigureGrid(
+                [
+                    Figure(
+                        "decision_curve",
+                        decision_curve_figure(curves, c.palette),
+                        f"Decision curve on the test scans: {c.comparison.get('decision_curve_rule', '')}.",
+                    )
+                ]
+            )
+        )
+    return blocks
 
 
 def error_analysis(c: ReportContext) -> list[Block]:
@@ -175,6 +265,8 @@ def data(c: ReportContext) -> list[Block]:
             f"{100 * p['slice_fraction']:.1f}%",
             str(p["positives"]),
             f"{100 * p['pos_fraction']:.1f}%",
+            str(p.get("positive_scans", "n/a")),
+            str(p.get("positive_patients", "n/a")),
         ]
         for p in parts
     ]
@@ -184,7 +276,17 @@ def data(c: ReportContext) -> list[Block]:
     )
     blocks.append(
         Table(
-            ["partition", "patients", "scans", "slices", "share of slices", "DVT slices", "DVT share"],
+            [
+                "partition",
+                "patients",
+                "scans",
+                "slices",
+                "share of slices",
+                "DVT slices",
+                "DVT share",
+                "DVT scans",
+                "DVT patients",
+            ],
             rows,
             caption=caption,
         )
@@ -235,4 +337,16 @@ def methods(c: ReportContext) -> list[Block]:
             "chosen on validation.",
             DELONG_NOTE,
         ]
+        if comp.get("exam_rule"):
+            items += [
+                f"Exam level (primary endpoint): {comp['exam_rule']}; fixed specificities "
+                f"{comp.get('specificities')}. Intervals: {comp['exam_interval']}.",
+                f"Calibration: {comp['calibration_rule']}. Decision curve: {comp['decision_curve_rule']}.",
+            ]
+    if c.test_log:
+        items.append(
+            "Test once, recorded: every evaluation of the test set is appended to the run's log (settings, "
+            "models, a hash of the test predictions); a repeat with other settings or winners is refused "
+            "without --force (see 'Test-set evaluations')."
+        )
     return [Heading("Methods", anchor="methods"), Bullets(items)]

@@ -7,8 +7,10 @@ through the run's manifest (``--manifest`` when it moved), and are skipped with 
 Patient ids never appear; mis-classified slices are named by scan and slice.
 
 Sections: header card with the selected model; plain-words verdict (significance judged as in
-:mod:`.compare`); the paper's Table 1 reproduced beside its numbers; pairwise tests; ROC, calibration and
-confusion matrices (paper Figs. 5 right and 2); operating points and scan-level AUC; Grad-CAM of
+:mod:`.compare`); the exam-level primary endpoint (scan sensitivity / specificity / PPV / NPV at the
+validation-chosen scan threshold, counts per partition); every evaluation of the test set; the paper's Table 1 reproduced beside its numbers; pairwise tests; ROC, calibration and
+confusion matrices (paper Figs. 5 right and 2); operating points and scan-level AUC; calibration against
+its no-skill reference, calibration slope / intercept and the decision curve; Grad-CAM of
 mis-classified slices and the patch vein-detection AUC (section 5.4, Fig. 5 left); multitask loss
 components (Fig. 3); the search (trial counts, cost, learning curves, Optuna history and importances);
 data and splits; methods.
@@ -22,10 +24,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dvt_search.report.analysis import data, error_analysis, methods, multitask, search
+from dvt_search.report.analysis import data, error_analysis, methods, multitask, search, usefulness
 from dvt_search.report.context import ReportContext
 from dvt_search.report.render import Block, to_html, to_markdown
-from dvt_search.report.sections import comparisons, header, performance, table1, verdict
+from dvt_search.report.sections import (
+    comparisons,
+    exam,
+    header,
+    performance,
+    table1,
+    test_evaluations,
+    verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +45,12 @@ def build_blocks(c: ReportContext) -> list[Block]:
     return [
         *header(c),
         *verdict(c),
+        *exam(c),
+        *test_evaluations(c),
         *table1(c),
         *comparisons(c),
         *performance(c),
+        *usefulness(c),
         *error_analysis(c),
         *multitask(c),
         *search(c),

@@ -11,7 +11,7 @@ import pandas as pd
 from dvt_search.report.figures import colours
 from dvt_search.report.history import read_history
 from dvt_search.rundir.layout import RunDir
-from dvt_search.selection.documents import read_comparison, read_selection
+from dvt_search.selection.documents import read_comparison, read_selection, read_test_log
 from dvt_search.selection.evaluate import read_predictions
 from dvt_search.selection.leaderboard import collect, read_leaderboard
 from dvt_search.stats.bootstrap import CI
@@ -20,7 +20,7 @@ Curve = tuple[str, list[dict[str, Any]], bool]  # trial id, per-epoch metrics, i
 
 
 class ReportContext:
-    """Selection, comparison, predictions, leaderboard, Optuna history and CAM cases of one run.
+    """Selection, comparison, predictions, test-evaluation log, leaderboard, Optuna history and CAM cases.
 
     Args:
         run_path: the run directory (after ``dvt-search select``).
@@ -31,12 +31,16 @@ class ReportContext:
     def __init__(self, run_path: Path, manifest: str | None = None, cam_per_family: int = 4) -> None:
         self.run_path = Path(run_path)
         self.selection = read_selection(self.run_path)
+        evaluated = bool((self.selection.get("test") or {}).get("evaluated"))
         try:
+            if not evaluated:  # a --no-test selection: a comparison left from before belongs to another one
+                raise FileNotFoundError
             self.comparison: dict[str, Any] = read_comparison(self.run_path)
             self.test = read_predictions(self.run_path, "test")
         except FileNotFoundError:
             self.comparison = {"families": {}, "pairs": [], "vs_reference": []}
             self.test = pd.DataFrame()
+        self.test_log = read_test_log(self.run_path)
         try:
             self.leaderboard = read_leaderboard(self.run_path)
         except FileNotFoundError:

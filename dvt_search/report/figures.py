@@ -242,3 +242,34 @@ def cam_figure(cases: list[dict[str, Any]]) -> bytes | None:
             ax.imshow(c["cam"], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
             ax.set_title(c["caption"], fontsize=7, linespacing=1.3)
         return _png(fig)
+
+
+def decision_curve_figure(curves: Mapping[str, Mapping[str, Any]], palette: Mapping[str, str]) -> bytes:
+    """Net benefit against threshold probability per winner, with treat-all and treat-none references.
+
+    ``curves`` maps a family to its stored decision curve (``thresholds``, ``model``, ``treat_all``,
+    ``prevalence``); all are on the same test scans, so they share the treat-all line.
+    """
+    plt = _plt()
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(4.8, 3.8))
+        prev = 0.0
+        first = True
+        for fam, c in curves.items():
+            pt = np.asarray(c["thresholds"], dtype=float)
+            if first:
+                ax.plot(pt, c["treat_all"], c="#6b7280", lw=1.2, ls="--", label="treat all")
+                ax.axhline(0.0, c="#111827", lw=1.0, ls=":", label="treat none")
+                first = False
+            prev = max(prev, float(c["prevalence"]))
+            ax.plot(pt, c["model"], c=palette[fam], lw=1.8, label=fam)
+        top = max(prev, 0.05)
+        ax.set(
+            xlabel="threshold probability",
+            ylabel="net benefit",
+            xlim=(0, 1),
+            ylim=(-0.1 * top - 0.02, 1.15 * top + 0.02),
+            title="Decision curve on test scans",
+        )
+        ax.legend(loc="upper right", fontsize=7.5, frameon=False)
+        return _png(fig)

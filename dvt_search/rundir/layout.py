@@ -19,6 +19,7 @@ module spells a run-directory file name::
     val_predictions.parquet       the winners' validation scores
     test_predictions.parquet      the winners' test scores (the one touch of test)
     comparison.json               the statistics of the comparison on test
+    test_evaluations.jsonl        append-only log: one JSON object per evaluation of the test set
 
 The driver (runtime) writes the search's files, ``dvt-search select`` the selection's; every stage reads
 through this class.
@@ -51,6 +52,7 @@ LEADERBOARD_PARQUET = "leaderboard.parquet"
 LEADERBOARD_CSV = "leaderboard.csv"
 SELECTION_FILE = "selection.json"
 COMPARISON_FILE = "comparison.json"
+TEST_LOG_FILE = "test_evaluations.jsonl"
 PREDICTIONS_FILES = {"val": "val_predictions.parquet", "test": "test_predictions.parquet"}
 #: The small top-level files of a finished run (what ``dvt-search pull`` fetches besides trial records).
 SUMMARY_FILES = (
@@ -58,6 +60,7 @@ SUMMARY_FILES = (
     SPLITS_FILE,
     SELECTION_FILE,
     COMPARISON_FILE,
+    TEST_LOG_FILE,
     LEADERBOARD_PARQUET,
     LEADERBOARD_CSV,
     *PREDICTIONS_FILES.values(),
@@ -157,6 +160,11 @@ class RunDir:
     def comparison_file(self) -> Path:
         return self.path / COMPARISON_FILE
 
+    @property
+    def test_log_file(self) -> Path:
+        """The append-only log of every evaluation of the test set (``test_evaluations.jsonl``)."""
+        return self.path / TEST_LOG_FILE
+
     def predictions_file(self, partition: str) -> Path:
         """The winners' scores on ``val`` or ``test``."""
         try:
@@ -230,6 +238,31 @@ class RunDir:
         elif path.name == LEADERBOARD_PARQUET:
             what = "no leaderboard"
         return f"{path}: {what}{hint}"
+
+    # --- the test-evaluation log ---------------------------------------------------------------------------------
+    def read_test_log(self) -> list[dict[str, Any]]:
+        """Every recorded evaluation of the test set, oldest first (``[]`` when there is none)."""
+        f = self.test_log_file
+        if not f.is_file():
+            return []
+        out = []
+        for i, line in enumerate(f.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                raise ValueError(f"{f}: line {i} is not valid JSON ({exc})") from None
+        return out
+
+    def append_test_log(self, record: Mapping[str, Any]) -> Path:
+        """Append one evaluation record; earlier lines are kept byte for byte (the file is replaced whole)."""
+        f = self.test_log_file
+        old = f.read_text() if f.is_file() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        line = json.dumps(dict(record), sort_keys=True, default=json_default, allow_nan=True)
+        return atomic_write_text(f, old + line + "\n")
 
     # --- trials -----------------------------------------------------------------------------------------------
     def write_trial(self, rec: TrialRecord) -> None:

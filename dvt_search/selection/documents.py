@@ -1,4 +1,5 @@
-"""The documents ``dvt-search select`` leaves in a run directory: ``selection.json`` and ``comparison.json``.
+"""The documents ``dvt-search select`` leaves in a run directory: ``selection.json``, ``comparison.json`` and
+the test-evaluation log.
 
 Paths and the JSON form come from :class:`~dvt_search.rundir.RunDir`; what they hold is written by
 :func:`dvt_search.selection.run.select_run` (the choice on validation and the comparison of
@@ -36,3 +37,10 @@ def write_comparison(run_path: str | os.PathLike[str], doc: dict[str, Any]) -> P
     """Write the comparison document atomically."""
     run = RunDir(run_path)
     return run.write_doc(run.comparison_file, doc)
+
+
+def read_test_log(run_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every recorded evaluation of the run's test set (reconstructed for a run from before the log)."""
+    from dvt_search.selection.test_log import previous
+
+    return previous(RunDir(run_path))

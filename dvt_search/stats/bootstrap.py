@@ -21,7 +21,7 @@ draw identical resamples, so results for different models (or slice- and scan-le
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,7 +233,7 @@ class PatientBootstrap:
     def rate_samples(
         self, y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray, threshold: float
     ) -> dict[str, np.ndarray]:
-        """Precision, recall and specificity of ``score >= threshold`` in every resample."""
+        """Precision, recall, specificity and NPV of ``score >= threshold`` in every resample."""
         y, s = _as_arrays(y, s)
         self._check(y)
         pred = s >= threshold
@@ -252,16 +252,22 @@ class PatientBootstrap:
                 "precision": c["tp"] / (c["tp"] + c["fp"]),
                 "recall": c["tp"] / (c["tp"] + c["fn"]),
                 "specificity": c["tn"] / (c["tn"] + c["fp"]),
+                "npv": c["tn"] / (c["tn"] + c["fn"]),
             }
 
     # --- convenience ---------------------------------------------------------------------------------------
+    def row_weights(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first resample, weights [chunk, n_rows])``: each row weighted by its patient's draw count."""
+        for c0 in range(0, self.n_resamples, _CHUNK):
+            yield c0, self.counts[c0 : c0 + _CHUNK][:, self.inverse]
+
     def auc_ci(self, y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> CI:
         return self.interval(auc(y, s), self.auc_samples(y, s))
 
     def metrics(
         self, y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray, threshold: float
     ) -> dict[str, CI]:
-        """AUC, precision, recall and specificity (at ``threshold``) with their intervals."""
+        """AUC, precision, recall, specificity and NPV (at ``threshold``) with their intervals."""
         y, s = _as_arrays(y, s)
         point = operating_point(y, s, threshold)
         rates = self.rate_samples(y, s, threshold)
@@ -270,6 +276,7 @@ class PatientBootstrap:
             "precision": self.interval(point.precision, rates["precision"]),
             "recall": self.interval(point.recall, rates["recall"]),
             "specificity": self.interval(point.specificity, rates["specificity"]),
+            "npv": self.interval(point.npv, rates["npv"]),
         }
 
     def auc_difference(

@@ -9,7 +9,10 @@ interval of the patient bootstrap; precision / recall / specificity at the valid
 percentile intervals of the patient bootstrap stratified by patient DVT status (``n_valid`` / ``n_invalid``
 / ``n_distinct`` resamples recorded); operating points at fixed validation sensitivities; scan-level AUC
 (slice scores aggregated by max / mean / top-k mean, a scan is positive when any slice is; clustered
-interval, scans within patients); Brier score, expected calibration error and reliability bins.
+interval, scans within patients); Brier score beside its no-skill reference, scaled Brier, calibration
+slope / intercept with patient-bootstrap intervals, expected calibration error and reliability bins; and
+the exam-level primary endpoint (:mod:`.exam`: aggregation and scan thresholds chosen on validation scans;
+test scan sensitivity, specificity, PPV and NPV; scan calibration and the decision curve).
 
 Between winners, ONE pre-specified significance rule (:func:`significance_rule`) and ONE multiplicity
 family: every pair of the families' selected models gets the clustered paired test; its p-values are
@@ -32,6 +35,7 @@ import pandas as pd
 
 from dvt_search.stats.bootstrap import CI, DEFAULT_RESAMPLES, PatientBootstrap
 from dvt_search.stats.clustered import clustered_auc_ci, clustered_test
+from dvt_search.stats.exam import EXAM_INTERVAL, EXAM_RULE, exam_endpoint, partition_counts, scan_bootstrap
 from dvt_search.stats.measures import (
     AGGREGATIONS,
     aggregate_scans,
@@ -42,8 +46,12 @@ from dvt_search.stats.measures import (
     holm,
     operating_point,
 )
+from dvt_search.stats.usefulness import brier_summary, recalibration
 
-COMPARISON_FORMAT = "dvt-search-comparison/2"
+#: Format 3 adds the exam-level endpoint (``families.<f>.exam``, ``exam_rule``, ``counts``), the
+#: calibration slope / intercept and the Brier reference (``families.<f>.calibration``) and
+#: ``specificities``. Readers accept format 2 documents (no exam block): they say it was not recorded.
+COMPARISON_FORMAT = "dvt-search-comparison/3"
 #: Below this many test patients the verdict and the headline card warn that every interval and test is
 #: fragile (few independent units, whatever the number of slices).
 FEW_PATIENTS = 30
@@ -83,7 +91,9 @@ def _family_stats(
     val: pd.DataFrame,
     test: pd.DataFrame,
     boot: PatientBootstrap,
+    scan_boot: PatientBootstrap,
     sensitivities: Sequence[float],
+    specificities: Sequence[float],
     scan_k: int,
     level: float,
 ) -> dict[str, Any]:
@@ -122,7 +132,21 @@ def _family_stats(
         "test": test_stats | {"confusion": point.as_dict()},
         "operating_points": ops,
         "scan_level": scan,
-        "calibration": {"brier": cal.brier, "ece": cal.ece, "bins": cal.bins.to_dict(orient="records")},
+        "calibration": {
+            **brier_summary(y, s),
+            "ece": cal.ece,
+            **recalibration(y, s, boot),
+            "bins": cal.bins.to_dict(orient="records"),
+        },
+        "exam": exam_endpoint(
+            val,
+            test,
+            scan_boot,
+            sensitivities=sensitivities,
+            specificities=specificities,
+            k=scan_k,
+            level=level,
+        ),
     }
 
 
@@ -246,6 +270,7 @@ def verdict(doc: dict[str, Any]) -> list[str]:
             f"{head} its AUC is {a.estimate:.3f}, but its {lvl}% clustered interval is not estimable "
             f"({a.note or 'too few patients'}): the figure carries no measure of its uncertainty."
         ]
+    out += exam_words(ref, r.get("exam"))
     pairs = doc["pairs"]
     m = len(pairs)
     fam_words = f"Holm-adjusted over the {m} comparison(s) of {MULTIPLICITY_FAMILY}"
@@ -280,6 +305,24 @@ def verdict(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def exam_words(fam: str, exam: dict[str, Any] | None) -> list[str]:
+    """The exam-level endpoint of ``fam`` in words (nothing for a format-2 document without it)."""
+    if not exam:
+        return []
+    if "test" not in exam:
+        return [f"Exam level (primary endpoint) for {fam}: {exam.get('note', 'not estimable')}."]
+    agg, y, n = exam["aggregation"], exam["test"]["youden"], exam["counts"]["test"]
+    how = f"top-{agg['k']} mean" if agg["how"] == "topk" else agg["how"]
+    names = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV"}
+    rates = ", ".join(f"{label} {CI.from_dict(y[k]).fmt(2)}" for k, label in names.items())
+    return [
+        f"Exam level (primary endpoint): {fam} scores a scan by the {how} of its slice scores (chosen on "
+        f"validation scans) and calls it positive at {y['threshold']:.3g} (Youden's J on validation scans); on "
+        f"the {n['n_scans']} test scans ({n['n_positive_scans']} with DVT, from {n['n_patients']} patients) it "
+        f"has {rates} (TP {y['tp']}, FP {y['fp']}, FN {y['fn']}, TN {y['tn']})."
+    ]
+
+
 def _resample_words(doc: dict[str, Any]) -> str:
     b = doc.get("bootstrap") or {}
     if not b:
@@ -296,6 +339,7 @@ def compare(
     *,
     reference: str | None = None,
     sensitivities: Sequence[float] = (0.8, 0.9),
+    specificities: Sequence[float] = (0.9,),
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
@@ -306,6 +350,8 @@ def compare(
     Args:
         val, test: prediction tables (:data:`dvt_search.selection.evaluate.PREDICTION_COLUMNS`).
         reference: the overall winner's family (its comparisons are listed first in the verdict).
+        sensitivities, specificities: fixed operating points, chosen on validation (slice- and scan-level;
+            fixed specificity at scan level only).
     """
     frames = _aligned(test)
     alpha = 1.0 - level
@@ -316,6 +362,18 @@ def compare(
         "level": level,
         "threshold_rule": "Youden's J on validation predictions (highest maximising threshold)",
         "sensitivities": list(sensitivities),
+        "specificities": list(specificities),
+        "exam_rule": EXAM_RULE,
+        "exam_interval": EXAM_INTERVAL,
+        "calibration_rule": (
+            "Brier score beside its no-skill reference prevalence x (1 - prevalence) and the scaled Brier "
+            "score 1 - Brier / reference; calibration slope and intercept by logistic recalibration on "
+            "logit(score) (intercept with the slope fixed at 1), percentile intervals of the patient bootstrap"
+        ),
+        "decision_curve_rule": (
+            "net benefit TP/n - FP/n x pt / (1 - pt) of calling a scan positive when its score >= pt, against "
+            "treat all (prevalence - (1 - prevalence) x pt / (1 - pt)) and treat none (0), on the test scans"
+        ),
         "significance_rule": significance_rule(alpha),
         "auc_interval": "clustered (Obuchowski 1997), logit scale, t with patients - 1 degrees of freedom",
         "delong_note": DELONG_NOTE,
@@ -337,13 +395,18 @@ def compare(
         "n_scans": int(first["scan_id"].nunique()),
         "n_positive": int(first["label"].sum()),
     }
+    fv = val[val["family"] == next(iter(frames))]
+    doc["counts"] = {"val": partition_counts(fv), "test": partition_counts(first)}
     boot = PatientBootstrap(
         first["patient_id"], n_resamples=n_resamples, seed=seed, level=level, strata=first["label"]
     )
+    scan_boot = scan_bootstrap(first, n_resamples, seed, level, k=scan_k)
     doc["bootstrap"] = boot.describe()
     for fam, t in frames.items():
         v = val[val["family"] == fam]
-        doc["families"][fam] = _family_stats(v, t, boot, sensitivities, scan_k, level)
+        doc["families"][fam] = _family_stats(
+            v, t, boot, scan_boot, sensitivities, specificities, scan_k, level
+        )
     doc["pairs"] = _pairs(frames, boot, alpha, level)
     doc["multiplicity"] = {"method": "holm", "family": MULTIPLICITY_FAMILY, "m": len(doc["pairs"])}
     if doc["reference"] is not None:

@@ -12,11 +12,14 @@ slice belongs to, so it can be checked against independent computations.
 * :func:`choose_thresholds` — operating thresholds chosen on VALIDATION predictions (Youden's J and fixed
   sensitivities, via :mod:`dvt_search.engine.metrics`), only ever applied to test predictions.
 * :func:`calibration` — Brier score, reliability-curve bins and expected calibration error.
-* :func:`aggregate_scans` — scan-level scores from slice scores (max / mean / top-k mean).
+* :func:`threshold_at_specificity` — the threshold keeping a fixed specificity (chosen on validation).
+* :func:`aggregate_scans` / :func:`aggregate_scores` — scan-level scores from slice scores (max / mean /
+  top-k mean).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -156,6 +159,11 @@ class OperatingPoint:
     def specificity(self) -> float:
         return self.tn / (self.tn + self.fp) if self.tn + self.fp else float("nan")
 
+    @property
+    def npv(self) -> float:
+        """Negative predictive value TN / (TN + FN): the rule-out figure (NaN when nothing is negative)."""
+        return self.tn / (self.tn + self.fn) if self.tn + self.fn else float("nan")
+
     def as_dict(self) -> dict[str, float]:
         return {
             "threshold": self.threshold,
@@ -166,6 +174,7 @@ class OperatingPoint:
             "precision": self.precision,
             "recall": self.recall,
             "specificity": self.specificity,
+            "npv": self.npv,
         }
 
 
@@ -197,6 +206,26 @@ class Thresholds:
 
     def as_dict(self) -> dict[str, object]:
         return {"youden": self.youden, "at_sensitivity": {str(k): v for k, v in self.at_sensitivity.items()}}
+
+
+def threshold_at_specificity(
+    y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray, specificity: float
+) -> float:
+    """Lowest threshold whose specificity (``score < threshold`` among negatives) is at least ``specificity``.
+
+    The lowest such threshold keeps the most sensitivity. It is the smallest observed score above the
+    ``ceil(specificity * n_negatives)``-th smallest negative score (just above it when none is higher).
+    """
+    if not 0.0 < specificity <= 1.0:
+        raise ValueError(f"specificity must be in (0, 1], got {specificity}")
+    y, s = _as_arrays(y, s)
+    negatives = np.sort(s[y == 0])
+    if negatives.size == 0:
+        raise ValueError("a threshold at fixed specificity needs negative labels")
+    k = max(1, math.ceil(specificity * negatives.size - 1e-9))
+    edge = negatives[k - 1]
+    above = s[s > edge]
+    return float(above.min()) if above.size else float(np.nextafter(edge, np.inf))
 
 
 def choose_thresholds(
@@ -257,6 +286,22 @@ def calibration(
 AGGREGATIONS = ("max", "mean", "topk")
 
 
+def aggregate_scores(scores: Sequence[float] | np.ndarray, how: str = "max", k: int = 3) -> float:
+    """The scan score of one scan's slice scores: their max, mean or the mean of the top ``k``."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation {how!r} not in {AGGREGATIONS}")
+    v = np.asarray(scores, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("a scan score needs at least one slice score")
+    if how == "max":
+        return float(v.max())
+    if how == "mean":
+        return float(v.mean())
+    if k < 1:
+        raise ValueError(f"top-k needs k >= 1, got {k}")
+    return float(np.sort(v)[::-1][:k].mean())
+
+
 def aggregate_scans(frame: pd.DataFrame, how: str = "max", k: int = 3) -> pd.DataFrame:
     """Scan-level scores from slice rows (``scan_id``, ``patient_id``, ``label``, ``score``).
 
@@ -271,7 +316,7 @@ def aggregate_scans(frame: pd.DataFrame, how: str = "max", k: int = 3) -> pd.Dat
     elif how == "mean":
         score = g["score"].mean()
     else:
-        score = g["score"].apply(lambda v: float(np.sort(v.to_numpy())[::-1][:k].mean()))
+        score = g["score"].apply(lambda v: aggregate_scores(v.to_numpy(), "topk", k))
     out = pd.DataFrame(
         {"patient_id": g["patient_id"].first(), "label": g["label"].max().astype(int), "score": score}
     )

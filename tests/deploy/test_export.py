@@ -89,7 +89,12 @@ def test_cards_thresholds_and_metrics(selected_run, exported: Path) -> None:
         assert thr["threshold"] == comp["families"][fam]["thresholds"]["youden"]
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["test"]["auc"] == comp["families"][fam]["test"]["auc"]
+        exam = comp["families"][fam]["exam"]  # the scan decision chosen on validation scans
+        assert thr["scan_threshold"] == exam["thresholds"]["youden"]
+        assert thr["scan_aggregation"] == {"how": exam["aggregation"]["how"], "k": exam["aggregation"]["k"]}
+        assert metrics["test"]["exam"]["thresholds"] == exam["thresholds"]
         card = (d / "MODEL_CARD.md").read_text()
+        assert "Exam level (primary endpoint" in card and "| NPV |" in card and "no-skill reference" in card
         for needle in (
             "Intended use",
             "synthetic phantom",
@@ -108,3 +113,24 @@ def test_cards_thresholds_and_metrics(selected_run, exported: Path) -> None:
 def test_export_unknown_family_fails_clearly(selected_run, tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="patch_resnet50"):
         export_run(selected_run["run"].path, tmp_path, families=["patch_resnet50"])
+
+
+def test_export_of_an_older_comparison_keeps_the_slice_rule(selected_run, tmp_path: Path) -> None:
+    """A comparison without the exam endpoint (format 2): no scan threshold, predict falls back to max."""
+    from dvt_search.deploy.export import export_winner
+    from dvt_search.deploy.scan_rule import scan_decision
+    from dvt_search.selection.documents import read_comparison, read_selection
+
+    run = selected_run["run"].path
+    comp = read_comparison(run)
+    comp["format"] = "dvt-search-comparison/2"
+    for st in comp["families"].values():
+        st.pop("exam")
+    d = export_winner(run, "sift_bow_svm", read_selection(run), comp, tmp_path)
+    thr = json.loads((d / "threshold.json").read_text())
+    assert thr["scan_threshold"] is None and thr["scan_aggregation"] is None
+    assert thr["threshold"] == comp["families"]["sift_bow_svm"]["thresholds"]["youden"]
+    t = thr["threshold"]
+    below, above = scan_decision(d, np.array([t - 0.2, t - 0.1])), scan_decision(d, np.array([t - 0.1, t]))
+    assert not below["scan_positive"] and above["scan_positive"] and "slice threshold" in above["scan_rule"]
+    assert "not recorded" in (d / "MODEL_CARD.md").read_text()

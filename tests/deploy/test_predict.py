@@ -45,10 +45,14 @@ def test_predict_matches_selection_scores(family, atol, exported, series, tmp_pa
         got, expected["score"].to_numpy(), atol=max(atol, 1e-6)
     )  # csv keeps 6 decimals
     summary = json.loads((out / "summary.json").read_text())
-    thr = json.loads((exported / family / "threshold.json").read_text())["threshold"]
-    assert summary["decision"] == (
-        "DVT suspected" if (table["probability"] >= thr).any() else "no DVT detected"
-    )
+    # the scan decision: the validation-chosen aggregation against the validation scan threshold
+    thr = json.loads((exported / family / "threshold.json").read_text())
+    agg = thr["scan_aggregation"]
+    p = np.sort(table["probability"].to_numpy())[::-1]
+    score = {"max": p[0], "mean": p.mean(), "topk": p[: agg["k"]].mean()}[agg["how"]]
+    assert summary["scan_threshold"] == thr["scan_threshold"]
+    assert summary["scan_score"] == pytest.approx(score, abs=1e-6)
+    assert summary["decision"] == ("DVT suspected" if score >= thr["scan_threshold"] else "no DVT detected")
     assert summary["decision"] in printed
     if family == "vgg16":
         assert len(summary["heatmaps"]) == int(table["positive"].sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -61,6 +62,52 @@ def test_report_states_one_rule_and_flags_few_patients(report: Path, selected_ru
         assert "indicative only" in text and "test patients" in text
         assert "<0.001" not in text and "&lt;0.001" not in text
         assert not re.search(r"\[(-?[\d.]+), \1\]", text)  # no zero-width interval such as [1.00, 1.00]
+
+
+def test_report_shows_the_exam_endpoint_calibration_and_the_test_log(report: Path, selected_run) -> None:
+    md = (report / "report.md").read_text()
+    for needle in (
+        "Exam level: is there a DVT in this scan? (primary endpoint)",
+        "| NPV |",
+        "DVT patients",
+        "DVT scans",
+        "exam-level NPV (primary)",
+        "Calibration and clinical usefulness",
+        "no-skill reference",
+        "calibration slope",
+        "figures/decision_curve.png",
+        "Test-set evaluations",
+        "The test set was evaluated once.",
+    ):
+        assert needle in md, needle
+    assert md.index("Exam level: is there") < md.index("Table 1 reproduced")  # the primary endpoint first
+    comp = json.loads((selected_run["run"].path / "comparison.json").read_text())
+    for fam, st in comp["families"].items():
+        y = st["exam"]["test"]["youden"]
+        assert f"| {fam} | {st['exam']['aggregation']['how']}" in md
+        assert f"{y['tp']} / {y['fp']} / {y['fn']} / {y['tn']}" in md
+        cal = st["calibration"]  # the words agree with the table's numbers
+        rel = "below (better than)" if cal["brier"] < cal["brier_reference"] else "above (worse than)"
+        if round(cal["brier"], 3) == round(cal["brier_reference"], 3):
+            rel = "about equal to"
+        assert f"{fam} (slices): Brier {cal['brier']:.3f}, {rel} the no-skill reference" in md
+
+
+def test_report_of_an_older_comparison_says_the_endpoint_is_not_recorded(
+    selected_run, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(selected_run["run"].path, run)
+    comp = json.loads((run / "comparison.json").read_text())
+    comp["format"] = "dvt-search-comparison/2"
+    for st in comp["families"].values():
+        st.pop("exam")
+        st["calibration"] = {k: st["calibration"][k] for k in ("brier", "ece", "bins")}
+    (run / "comparison.json").write_text(json.dumps(comp))
+    _, md = write_report(run, tmp_path / "out", cam_per_family=0)
+    text = md.read_text()
+    assert "Not recorded: this comparison was made by an older version" in text
+    assert "Table 1 reproduced" in text and "Calibration and clinical usefulness" not in text
 
 
 def test_report_names_no_patient(report: Path, selected_run) -> None:

@@ -20,7 +20,8 @@ def test_commands_registered() -> None:
 def test_select_report_export_via_cli(selected_run, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     shutil.copytree(selected_run["run"].path, run)
-    assert main(["select", str(run), "--resamples", "200", "--sensitivities", "0.85"]) == 0
+    # the fixture already evaluated test with the defaults: other settings need --force (issue 11 item 5)
+    assert main(["select", str(run), "--resamples", "200", "--sensitivities", "0.85", "--force"]) == 0
     out = capsys.readouterr().out
     sel = json.loads((run / "selection.json").read_text())
     assert "5 trials in run tiny" in out and "no trials were run" in out

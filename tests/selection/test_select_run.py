@@ -71,5 +71,5 @@ def test_split_hash_mismatch_refuses_to_touch_test(selected_run, tmp_path: Path)
     (copy / "run.json").write_text(json.dumps(info))
     (copy / "test_predictions.parquet").unlink()
     with pytest.raises(SelectionError, match="splits hash"):
-        select_run(copy, n_resamples=10)
+        select_run(copy, n_resamples=10, force=True)  # even --force never skips the split check
     assert not (copy / "test_predictions.parquet").exists()
