@@ -13,7 +13,9 @@ free and fails the *next* trial when it is not.
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
 no CPU (Ray's default of 1 CPU per trial would leave a 2-worker trial unschedulable on 2 CPUs), while its ``workers`` Train workers reserve ``cpus``/``gpus`` each. Concurrency is capped by a
-``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers.
+``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers. A resumed
+experiment gets this session's cap (``--max-concurrent`` or the cluster's size now), not the first run's
+(:func:`set_concurrency`: ``Tuner.restore`` would otherwise reload the pickled limiter).
 """
 
 from __future__ import annotations
@@ -85,6 +87,34 @@ def _trainable(needs: TrialNeeds) -> Any:
     return tune.with_resources(run_trial, trial_resources(needs))
 
 
+def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
+    """The ``ConcurrencyLimiter`` a restored Tuner unpickled from the first run's ``tuner.pkl``.
+
+    Ray 2.60's ``Tuner.restore`` takes no ``TuneConfig``: the search algorithm comes back as pickled at the
+    first start, with that run's ``max_concurrent``. There is no public accessor, so this reaches into the
+    Tuner (``_local_tuner._tune_config.search_alg``) and fails loudly if a Ray upgrade moved it.
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    limiter = getattr(getattr(internal, "_tune_config", None), "search_alg", None)
+    if not isinstance(limiter, ConcurrencyLimiter):
+        raise RuntimeError(
+            "cannot reach the restored Tune experiment's ConcurrencyLimiter (Tuner internals changed in "
+            f"this Ray version, {type(limiter).__name__} found): resume would keep the first run's concurrency"
+        )
+    return limiter
+
+
+def set_concurrency(tuner: tune.Tuner, max_concurrent: int) -> None:
+    """Make a restored experiment run ``max_concurrent`` trials at a time (this session's value)."""
+    limiter = restored_limiter(tuner)
+    before = limiter.max_concurrent
+    limiter.set_max_concurrency(max(1, int(max_concurrent)))
+    if before != limiter.max_concurrent:
+        log.info(
+            "concurrency of the resumed experiment: %d (the first run had %d)", limiter.max_concurrent, before
+        )
+
+
 def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) -> tune.ResultGrid:
     """Run (or resume) one family's search until it holds the run's trials per family.
 
@@ -104,6 +134,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
             resume_errored=True,
             param_space=param_space,
         )
+        set_concurrency(tuner, session.max_concurrent)
     else:
         searcher = OptunaStudySearcher(
             space,
