@@ -107,9 +107,9 @@ def register(subparsers: Any) -> None:
         "--trainer",
         choices=("auto", "direct", "ray-train"),
         default="auto",
-        help="auto: Ray Train when --train-workers > 1 or GPUs are used, else the engine inside the trial "
-        "(direct). A TorchTrainer costs ~40 s per trial on an H100 node, ~16 s on 2 CPUs: prefer "
-        "--trainer direct for many short or packed fractional-GPU trials",
+        help="auto (default): Ray Train DDP only when --train-workers > 1, else the engine inside the trial "
+        "(direct), on CPU or one (fractional) GPU. A TorchTrainer costs ~40 s per trial on an H100 node, "
+        "~16 s on 2 CPUs, so --trainer ray-train with one worker only pays that cost",
     )
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per trial")
     p.add_argument(

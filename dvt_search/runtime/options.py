@@ -88,7 +88,12 @@ def resolve_families(spec: list[str]) -> list[str]:
 
 
 def resolve_trainer(opts: SearchOptions) -> str:
-    """``auto`` → ``ray-train`` with several workers or GPUs, else ``direct``."""
+    """``auto`` → ``ray-train`` only for ``--train-workers > 1``, else ``direct`` (CPU or one GPU).
+
+    A ``TorchTrainer`` costs a fixed ~15-40 s per trial (a controller, a worker group, polling; see
+    ``bench/bench_trial_overhead.py``), more than an ASHA-stopped trial's training: a one-worker trial
+    gains nothing from it.
+    """
     if opts.trainer not in TRAINERS:
         raise RunError(f"--trainer must be one of {TRAINERS}, got {opts.trainer!r}")
     if opts.trainer == "direct" and opts.train_workers > 1:
@@ -97,7 +102,7 @@ def resolve_trainer(opts: SearchOptions) -> str:
         )
     if opts.trainer != "auto":
         return opts.trainer
-    return "ray-train" if opts.train_workers > 1 or opts.gpus_per_trial > 0 else "direct"
+    return "ray-train" if opts.train_workers > 1 else "direct"
 
 
 def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
