@@ -40,7 +40,8 @@ class SearchOptions:
     Run-defining fields (saved in ``run.json`` through :func:`run_config`): families, trials, max_epochs,
     splits, size, windows, augment, resources, scheduler, sampler, failures, checkpoints, seed,
     sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
-    space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s.
+    space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s,
+    autoscaling_config.
     """
 
     manifest: Path
@@ -75,6 +76,7 @@ class SearchOptions:
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = True
     progress_every_s: float = 30.0
+    autoscaling_config: Path | None = None
 
 
 def resolve_families(spec: list[str]) -> list[str]:
