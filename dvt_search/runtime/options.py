@@ -93,7 +93,7 @@ def resolve_trainer(opts: SearchOptions) -> str:
     """``auto`` → ``ray-train`` only for ``--train-workers > 1``, else ``direct`` (CPU or one GPU).
 
     A ``TorchTrainer`` costs a fixed ~15-40 s per trial (a controller, a worker group, polling; see
-    ``bench/bench_trial_overhead.py``), more than an ASHA-stopped trial's training: a one-worker trial
+    ``bench/bench_search.py --parts a``), more than an ASHA-stopped trial's training: a one-worker trial
     gains nothing from it.
     """
     if opts.trainer not in TRAINERS:
