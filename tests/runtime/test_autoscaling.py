@@ -5,7 +5,8 @@ The head runs ``ray start --head --autoscaling-config FAKE.yaml`` with ``RAY_FAK
 when trials wait for resources. The driver joins with ``--address`` and reads the same YAML
 (``--autoscaling-config``), so concurrency and feasibility come from what the cluster can become, not
 from the 0 CPU / 0 GPU alive at connect. Every process the test starts carries a marker in its
-environment and is killed by id at the end (never ``ray stop``, which would stop every Ray of this user).
+environment and is killed by id at the end (never ``ray stop``, which would stop every Ray of this user);
+the head keeps its files in a private ``RAY_TMPDIR``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,7 +87,12 @@ def fake_cluster(tmp_path_factory, _runtime_env):
     config = root / "fake.yaml"
     config.write_text(yaml.safe_dump(fake_config(address)))
     marker = os.urandom(8).hex()
-    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", MARKER_ENV: marker, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A private Ray temp dir (short: Unix socket paths < 108 bytes): `ray start --head` writes the
+    # machine-wide /tmp/ray/ray_current_cluster otherwise, and a later plain ray.init() would try to join
+    # this (by then dead) head.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="dvtf", dir="/tmp"))
+    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", MARKER_ENV: marker, "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_TMPDIR": str(ray_tmp)}  # fmt: skip
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
@@ -103,6 +111,7 @@ def fake_cluster(tmp_path_factory, _runtime_env):
                     os.kill(pid, signal.SIGKILL if time.monotonic() > deadline - 20 else signal.SIGTERM)
             time.sleep(0.5)
         head.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _search(env, address, config, phantom, spaces, runs, name, *extra) -> subprocess.CompletedProcess:
