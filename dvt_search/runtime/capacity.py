@@ -11,8 +11,8 @@ most nodes of that type the cluster may run, read from (first that answers):
 2. the autoscaler's YAML config (``available_node_types`` with ``resources`` and ``max_workers``, the head
    once): ``--autoscaling-config FILE``, else ``~/ray_bootstrap_config.yaml`` when joining a cluster
    (where ``ray up`` puts it on the head, which is where ``ray submit`` / ``ray job submit`` run the
-   search). A node type without explicit ``resources`` (the ``local`` provider detects them) makes the
-   file unusable and the next source answers;
+   search). A node type without explicit ``resources`` (the ``local`` provider's ``{}``: detected when
+   the node starts) makes the file unusable and the next source answers;
 3. the nodes alive now, as one node holding all their resources: a fixed cluster, as before.
 
 A trial is a group of ``workers`` processes of ``{CPU: cpus, GPU: gpus}`` each. A process fits a node type
@@ -132,8 +132,8 @@ def from_launcher_config(config: Mapping[str, Any], source: str) -> Capacity | N
     out = []
     for name, spec in types.items():
         resources = (spec or {}).get("resources")
-        if not isinstance(resources, Mapping):
-            return None  # resources detected at start (local provider): unknown from the file
+        if not isinstance(resources, Mapping) or not resources:
+            return None  # detected when the node starts (the local provider's `{}`): unknown from the file
         count = int(spec.get("max_workers", 0) or 0)
         if total is not None:
             count = min(count, int(total))

@@ -52,6 +52,12 @@ def test_cluster_wide_max_workers_and_unknown_resources(tmp_path) -> None:
     assert cap.max_concurrent(_gpu(1.0)) == 2
     del doc["available_node_types"]["gpu_worker"]["resources"]  # detected at start: unknown from the file
     assert from_launcher_config(doc, "test") is None
+    # What `ray up` leaves on the head of a `local`-provider cluster (onprem.yaml): resources detected later.
+    from ray.autoscaler._private.util import prepare_config
+
+    onprem = prepare_config(yaml.safe_load((REPO / "cluster" / "onprem.yaml").read_text()))
+    assert onprem["available_node_types"]["local.cluster.node"]["resources"] == {}
+    assert from_launcher_config(onprem, "bootstrap") is None  # -> the nodes alive count instead
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(RunError, match="bad.yaml: not a Ray cluster config"):
