@@ -1,9 +1,15 @@
-"""Entry script for ``ray submit``: runs ``dvt-search search`` on the head of a running Ray cluster.
+"""Entry script for ``ray submit`` / ``ray job submit``: runs ``dvt-search search`` on a running Ray cluster.
 
 Usage (from the repository root, after ``ray up``)::
 
-    ray submit cluster/_rendered/cluster.yaml cluster/entry.py -- \\
+    ray submit cluster/cluster.yaml cluster/entry.py -- \\
         --data /mnt/efs/dvt/manifest.parquet --family all --trials 50 --storage /mnt/efs/dvt-runs
+
+or, as a Ray job that outlives the SSH session (logs in the dashboard's Jobs page; ``ray dashboard
+cluster/cluster.yaml`` forwards port 8265)::
+
+    RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir cluster -- \\
+        python entry.py --data /mnt/efs/dvt/manifest.parquet --family all --storage /mnt/efs/dvt-runs
 
 ``ray submit`` copies this one file to ``~/entry.py`` on the head and runs it there with the head's
 ``python`` from the SSH user's home directory, so it imports only the installed ``dvt_search`` package

@@ -71,6 +71,7 @@ def _importances(study: Any, trials: pd.DataFrame) -> tuple[dict[str, float], st
 
 def read_history(run_path: str | Path) -> dict[str, StudyHistory]:
     """Every family study in the run's journal (empty dict when the run has none)."""
+    from dvt_search.rundir.journal import repair_journal
     from dvt_search.rundir.layout import RunDir
 
     src = RunDir(run_path).journal
@@ -85,6 +86,7 @@ def read_history(run_path: str | Path) -> dict[str, StudyHistory]:
     with tempfile.TemporaryDirectory(prefix="dvt-journal-") as tmp:
         copy = Path(tmp) / src.name
         shutil.copyfile(src, copy)
+        repair_journal(copy, backup=False, label=src)  # a torn tail: said, dropped from the copy only
         storage = JournalStorage(JournalFileBackend(str(copy)))
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -7,6 +7,7 @@ module spells a run-directory file name::
     splits.json                   copy of the splits the run used (hash checked by every later stage)
     search_spaces/<family>.yaml   snapshot of each searched space
     optuna.journal                Optuna journal storage; one study per family, named after the family
+    optuna.journal.torn-*.bak     the journal before a torn last record was dropped (:mod:`.journal`)
     tune/<family>/...             the Ray Tune experiment (what ``--resume`` restores)
     train/<family>/<trial_id>/    the trial's own checkpoint store (a Ray Train run for ray-train trials)
     cache/                        derived artefacts shared by trials (the SIFT descriptor cache)

@@ -14,11 +14,13 @@ Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap)
 * :mod:`.callbacks` — driver-side records (:class:`dvt_search.rundir.layout.RunDir`) and progress lines.
 * :mod:`.setup` — the plain-data per-trial settings and the per-process dataset cache.
 * :mod:`.prewarm` — one SIFT descriptor extraction before the SIFT search.
-* :mod:`.cluster` — connecting to Ray (local with a loopback dashboard, or ``--address``), concurrency
-  from cluster resources, shared-storage check.
+* :mod:`.cluster` — connecting to Ray (local with a loopback dashboard, or ``--address``), shared-storage
+  check; :mod:`.capacity` — what the cluster can hold (autoscaler node types x max workers, else the nodes
+  alive): concurrency and feasibility, checked before the run directory is created.
 
-Measured (figures from ``bench/``): on 2 shared CPU cores a ``direct`` trial costs ~4.5 s beyond its own
-fit and a ``ray-train`` trial (a TorchTrainer launch) ~16 s; on one H100 (multitask U-Net, 512^2, batch 32)
+Measured (figures from ``bench/``): on 2 shared CPU cores a ``direct`` trial costs ~4.5-8 s beyond its own
+fit and a ``ray-train`` trial (a TorchTrainer launch) ~16 s, so ``--trainer auto`` uses Ray Train only for
+several workers; on one H100 (multitask U-Net, 512^2, batch 32)
 a Ray Train trial trains at 95% of the raw engine's img/s but costs ~40 s per trial, and four 0.25-GPU
 trials (batch 8) together train 2.1x as many img/s as one.
 """

@@ -107,9 +107,9 @@ def register(subparsers: Any) -> None:
         "--trainer",
         choices=("auto", "direct", "ray-train"),
         default="auto",
-        help="auto: Ray Train when --train-workers > 1 or GPUs are used, else the engine inside the trial "
-        "(direct). A TorchTrainer costs ~40 s per trial on an H100 node, ~16 s on 2 CPUs: prefer "
-        "--trainer direct for many short or packed fractional-GPU trials",
+        help="auto (default): Ray Train DDP only when --train-workers > 1, else the engine inside the trial "
+        "(direct), on CPU or one (fractional) GPU. A TorchTrainer costs ~40 s per trial on an H100 node, "
+        "~16 s on 2 CPUs, so --trainer ray-train with one worker only pays that cost",
     )
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per trial")
     p.add_argument(
@@ -134,7 +134,17 @@ def register(subparsers: Any) -> None:
         "--keep-checkpoints", type=int, default=2, help="checkpoints kept per trial, best by val_auc"
     )
     p.add_argument(
-        "--max-concurrent", type=int, help="cap on concurrent trials (default: what the cluster fits)"
+        "--max-concurrent",
+        type=int,
+        help="cap on concurrent trials (default: what the cluster fits, autoscaled nodes included)",
+    )
+    p.add_argument(
+        "--autoscaling-config",
+        type=Path,
+        metavar="YAML",
+        help="the cluster's autoscaler config, to size concurrency and check feasibility on what the "
+        "cluster can become (default: Ray's own cluster config if the GCS has one, else "
+        "~/ray_bootstrap_config.yaml when joining a cluster, else the nodes alive now)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
     p.add_argument(

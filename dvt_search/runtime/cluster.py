@@ -1,4 +1,4 @@
-"""Connecting to Ray, sizing concurrency from its resources, and checking the storage is shared.
+"""Connecting to Ray and checking the storage is shared (what the cluster can hold: :mod:`.capacity`).
 
 Local (embedded) Ray is the default: ``ray.init()`` starts a private instance with the dashboard bound
 to ``127.0.0.1``; binding it elsewhere needs an explicit ``--dashboard-host`` and logs a warning. Ray 2.60
@@ -17,12 +17,13 @@ writes a marker file and asks one task per node whether it sees it, and warns ot
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+
+from .options import RunError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def connect(
     """Start local Ray (``address=None``) or join a cluster; re-use an already initialised Ray.
 
     Raises:
-        RuntimeError: when joining fails (the message mentions the auth token when that is the likely cause).
+        RunError: when joining fails (the message mentions the auth token when that is the likely cause).
     """
     started = False
     url: str | None = None
@@ -78,7 +79,7 @@ def connect(
             try:
                 context = ray.init(address=address, logging_level=logging.WARNING)
             except Exception as exc:
-                raise RuntimeError(
+                raise RunError(
                     f"could not join the Ray cluster at {address!r}: {exc}. If the cluster uses token "
                     "authentication (the default since Ray 2.59), this process needs its token: "
                     "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."
@@ -94,16 +95,6 @@ def connect(
         started_here=started,
         auth=os.environ.get("RAY_AUTH_MODE", "token (Ray default)"),
     )
-
-
-def max_concurrent(info: RayInfo, *, cpus: float, gpus: float) -> int:
-    """Trials that fit at once: cluster CPUs / per-trial CPUs (and the same for GPUs), at least 1."""
-    fits = [math.floor(info.cpus / cpus + 1e-9)] if cpus > 0 else []
-    if gpus > 0:
-        if info.gpus <= 0:
-            raise RuntimeError(f"{gpus} GPU(s) per trial requested but the Ray cluster has no GPU")
-        fits.append(math.floor(info.gpus / gpus + 1e-9))
-    return max(1, min(fits)) if fits else 1
 
 
 def _sees(path: str) -> bool:

@@ -1,4 +1,5 @@
-"""The search driver: prepare (or verify, on ``--resume``) the run directory, then search each family in turn.
+"""The search driver: connect, check every family's trials fit the cluster (what it can become: see
+:mod:`.capacity`), prepare (or verify, on ``--resume``) the run directory, then search each family in turn.
 
 A resume searches the snapshotted spaces (a later edit of ``search_spaces/`` cannot mix into a running
 study), skips families already finished and restores the others with their Optuna studies. See
@@ -14,10 +15,19 @@ from dvt_search import families
 from dvt_search.rundir import RunDir
 from dvt_search.search.space import load_snapshot
 
-from .cluster import check_shared_storage, connect, max_concurrent
-from .options import RunError, SearchOptions, resolve_families
-from .rundir import best_trials, check_resume, mark_finished, note_family, prepare_fresh, run_path
-from .setup import TrialContext, datasets, import_plugins
+from .capacity import discover
+from .cluster import check_shared_storage, connect
+from .options import RunError, SearchOptions, resolve_families, run_config
+from .rundir import (
+    best_trials,
+    check_resume,
+    mark_finished,
+    note_family,
+    prepare_fresh,
+    refuse_existing,
+    run_path,
+)
+from .setup import TrialContext, datasets, import_plugins, trial_needs
 from .tuning import SessionSettings, run_family, scheduler_name
 
 __all__ = ["RunError", "SearchOptions", "run_search"]
@@ -36,18 +46,29 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     if opts.resume:
         info = check_resume(rd, opts, df)
         import_plugins(info.config.plugins)
-        print(f"resuming run {rd.path}", flush=True)
+        config = info.config
     else:
-        info = prepare_fresh(rd, opts, df, resolve_families(opts.families))
-        print(f"run directory {rd.path}", flush=True)
-    cfg = info.config
-    fams = list(cfg.families)
-    spaces = {f: load_snapshot(rd.space_file(f), f) for f in fams}
+        refuse_existing(rd)
+        config = run_config(opts, resolve_families(opts.families))
     ray_info = connect(
         opts.address,
         dashboard_host=opts.dashboard_host,
         include_dashboard=opts.include_dashboard,
     )
+    # Feasibility before anything is written: a trial no node type can hold fails here, not mid-run.
+    capacity = discover(opts.autoscaling_config, joined=opts.address is not None)
+    for fam in config.families:
+        capacity.check(fam, trial_needs(families.get(fam), config))
+    if capacity.autoscaling:
+        print(f"cluster capacity from {capacity.source}", flush=True)
+    if opts.resume:
+        print(f"resuming run {rd.path}", flush=True)
+    else:
+        info = prepare_fresh(rd, opts, df, list(config.families))
+        print(f"run directory {rd.path}", flush=True)
+    cfg = info.config
+    fams = list(cfg.families)
+    spaces = {f: load_snapshot(rd.space_file(f), f) for f in fams}
     if ray_info.dashboard_url:
         print(
             f"Ray dashboard: {ray_info.dashboard_url} (auth: {ray_info.auth}; `ray get-auth-token` prints the token)"
@@ -66,7 +87,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
 
         for fam in fams:
             if fam not in finished and families.get(fam).warms_shared_cache:
-                prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], ray_info.cpus)
+                prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], capacity.largest("CPU"))
     for fam in fams:
         if fam in finished:
             print(f"[{fam}] already finished; skipped", flush=True)
@@ -74,8 +95,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         ctx = TrialContext.derive(rd, fam, cfg, spec)
         needs = ctx.needs
         session = SessionSettings(
-            max_concurrent=opts.max_concurrent
-            or max_concurrent(ray_info, cpus=needs.total_cpus, gpus=needs.total_gpus),
+            max_concurrent=opts.max_concurrent or capacity.max_concurrent(needs),
             progress_every_s=opts.progress_every_s,
         )
         note_family(rd, fam, needs, session.max_concurrent, scheduler_name(cfg.scheduler, needs.budget))

@@ -40,7 +40,8 @@ class SearchOptions:
     Run-defining fields (saved in ``run.json`` through :func:`run_config`): families, trials, max_epochs,
     splits, size, windows, augment, resources, scheduler, sampler, failures, checkpoints, seed,
     sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
-    space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s.
+    space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s,
+    autoscaling_config.
     """
 
     manifest: Path
@@ -75,6 +76,7 @@ class SearchOptions:
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = True
     progress_every_s: float = 30.0
+    autoscaling_config: Path | None = None
 
 
 def resolve_families(spec: list[str]) -> list[str]:
@@ -88,7 +90,12 @@ def resolve_families(spec: list[str]) -> list[str]:
 
 
 def resolve_trainer(opts: SearchOptions) -> str:
-    """``auto`` → ``ray-train`` with several workers or GPUs, else ``direct``."""
+    """``auto`` → ``ray-train`` only for ``--train-workers > 1``, else ``direct`` (CPU or one GPU).
+
+    A ``TorchTrainer`` costs a fixed ~15-40 s per trial (a controller, a worker group, polling; see
+    ``bench/bench_search.py --parts a``), more than an ASHA-stopped trial's training: a one-worker trial
+    gains nothing from it.
+    """
     if opts.trainer not in TRAINERS:
         raise RunError(f"--trainer must be one of {TRAINERS}, got {opts.trainer!r}")
     if opts.trainer == "direct" and opts.train_workers > 1:
@@ -97,7 +104,7 @@ def resolve_trainer(opts: SearchOptions) -> str:
         )
     if opts.trainer != "auto":
         return opts.trainer
-    return "ray-train" if opts.train_workers > 1 or opts.gpus_per_trial > 0 else "direct"
+    return "ray-train" if opts.train_workers > 1 else "direct"
 
 
 def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:

@@ -49,11 +49,16 @@ def run_path(opts: SearchOptions) -> Path:
     return storage / datetime.now().strftime("search-%Y%m%d-%H%M%S")
 
 
+def refuse_existing(rd: RunDir) -> None:
+    """A fresh run never writes into an existing run's directory."""
+    if rd.exists():
+        raise RunError(f"{rd.path} already holds a run; use --resume to continue it or pick another --name")
+
+
 def prepare_fresh(rd: RunDir, opts: SearchOptions, df: Any, fams: list[str]) -> RunInfo:
     from dvt_search.data.splits import load_splits, make_splits, manifest_fingerprint
 
-    if rd.exists():
-        raise RunError(f"{rd.path} already holds a run; use --resume to continue it or pick another --name")
+    refuse_existing(rd)
     config = run_config(opts, fams)  # validates the trainer choice
     spaces = {f: load_family_space(opts.space_dir, f) for f in fams}  # validate everything before starting
     rd.path.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from dvt_search.rundir.journal import repair_journal
 from dvt_search.search.space import SearchSpace, suggest
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,12 @@ SAMPLERS = ("tpe", "random")
 
 
 def open_study(journal: str | Path, family: str, *, mode: str = "max", sampler: Any = None) -> optuna.Study:
-    """Create or load the family's study in an Optuna journal file."""
+    """Create or load the family's study in an Optuna journal file (a torn last record is repaired first)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     Path(journal).parent.mkdir(parents=True, exist_ok=True)
+    repair_journal(journal)
     storage = JournalStorage(JournalFileBackend(str(journal)))
     return optuna.create_study(
         study_name=family,
@@ -88,6 +90,7 @@ def close_unfinished(journal: str | Path, family: str) -> int:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    repair_journal(journal)
     study = optuna.load_study(study_name=family, storage=JournalStorage(JournalFileBackend(str(journal))))
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

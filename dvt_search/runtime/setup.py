@@ -15,6 +15,7 @@ everything that defines them.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,18 @@ from dvt_search import families
 from dvt_search.data.spec import DataSpec
 from dvt_search.families.base import Family, TrialNeeds
 from dvt_search.rundir import RunConfig, RunDir
+
+#: CPUs a ``ray-train`` trial's own process reserves (the Tune function that waits on its TorchTrainer; the
+#: Train V2 controller is pinned to its node with ``num_cpus=0``). A CPU share, never ``{"memory": 1}``: a
+#: head that advertises ``CPU: 0`` can then never hold it. It is taken out of the Train workers' CPUs, so a
+#: trial still reserves exactly ``workers x cpus`` (2 one-CPU workers fit a 2-CPU node).
+DRIVER_CPU = 0.01
+
+
+def train_worker_cpus(needs: TrialNeeds) -> float:
+    """CPUs each Train worker of a ``ray-train`` trial reserves: its share less the driver's (1e-4 steps)."""
+    share = needs.cpus - DRIVER_CPU / max(1, needs.workers)
+    return max(0.0, math.floor(share * 1e4 + 1e-9) / 1e4)
 
 
 def import_plugins(modules: list[str] | tuple[str, ...]) -> None:

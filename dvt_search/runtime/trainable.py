@@ -41,7 +41,7 @@ from dvt_search.families.base import EpochReport, FitData, Model
 
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
-from .setup import TrialContext, datasets
+from .setup import TrialContext, datasets, train_worker_cpus
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _run_ray_train(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     needs = ctx.needs
-    resources = {"CPU": float(needs.cpus)}
+    resources = {"CPU": train_worker_cpus(needs)}  # the trial's own process holds the rest
     if needs.gpus > 0:
         resources["GPU"] = float(needs.gpus)
     trainer = TorchTrainer(

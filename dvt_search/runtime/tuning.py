@@ -12,8 +12,13 @@ free and fails the *next* trial when it is not.
 
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
-no CPU (Ray's default of 1 CPU per trial would leave a 2-worker trial unschedulable on 2 CPUs), while its ``workers`` Train workers reserve ``cpus``/``gpus`` each. Concurrency is capped by a
-``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers.
+``DRIVER_CPU`` (0.01) CPU, taken out of its ``workers`` Train workers' ``cpus`` each (they reserve
+``gpus`` each too), so a trial holds exactly ``workers x cpus`` CPUs and never lands on a ``CPU: 0`` head
+(the Train V2 controller runs on the Tune function's node; Ray's default of 1 CPU per trial would leave a
+2-worker trial unschedulable on 2 CPUs). Concurrency is capped by a
+``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers. A resumed
+experiment gets this session's cap (``--max-concurrent`` or the cluster's size now), not the first run's
+(:func:`set_concurrency`: ``Tuner.restore`` would otherwise reload the pickled limiter).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from dvt_search.search.space import SearchSpace
 
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .searcher import OptunaStudySearcher, close_unfinished
-from .setup import TrialContext
+from .setup import DRIVER_CPU, TrialContext
 from .trainable import run_trial
 
 log = logging.getLogger(__name__)
@@ -49,9 +54,10 @@ class SessionSettings:
 def trial_resources(needs: TrialNeeds) -> dict[str, float]:
     """What one Tune trial reserves (see the module docstring)."""
     if needs.trainer == "ray-train":
-        # Tune rejects an all-zero request; one byte of "memory" reserves nothing that matters and
-        # leaves every CPU/GPU to the Train workers (Ray's docs use a tiny custom resource instead).
-        return {"memory": 1.0}
+        # The Tune function only waits on its TorchTrainer, whose Train V2 controller Ray pins to this
+        # actor's node (num_cpus=0). A CPU share keeps both off a CPU: 0 head (memory, which every node
+        # advertises, did not); it comes out of the Train workers' CPUs (setup.train_worker_cpus).
+        return {"CPU": DRIVER_CPU} if needs.cpus > DRIVER_CPU else {"memory": 1.0}
     res = {"CPU": float(needs.cpus)}
     if needs.gpus > 0:
         res["GPU"] = float(needs.gpus)
@@ -85,6 +91,34 @@ def _trainable(needs: TrialNeeds) -> Any:
     return tune.with_resources(run_trial, trial_resources(needs))
 
 
+def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
+    """The ``ConcurrencyLimiter`` a restored Tuner unpickled from the first run's ``tuner.pkl``.
+
+    Ray 2.60's ``Tuner.restore`` takes no ``TuneConfig``: the search algorithm comes back as pickled at the
+    first start, with that run's ``max_concurrent``. There is no public accessor, so this reaches into the
+    Tuner (``_local_tuner._tune_config.search_alg``) and fails loudly if a Ray upgrade moved it.
+    """
+    internal = getattr(tuner, "_local_tuner", None)
+    limiter = getattr(getattr(internal, "_tune_config", None), "search_alg", None)
+    if not isinstance(limiter, ConcurrencyLimiter):
+        raise RuntimeError(
+            "cannot reach the restored Tune experiment's ConcurrencyLimiter (Tuner internals changed in "
+            f"this Ray version, {type(limiter).__name__} found): resume would keep the first run's concurrency"
+        )
+    return limiter
+
+
+def set_concurrency(tuner: tune.Tuner, max_concurrent: int) -> None:
+    """Make a restored experiment run ``max_concurrent`` trials at a time (this session's value)."""
+    limiter = restored_limiter(tuner)
+    before = limiter.max_concurrent
+    limiter.set_max_concurrency(max(1, int(max_concurrent)))
+    if before != limiter.max_concurrent:
+        log.info(
+            "concurrency of the resumed experiment: %d (the first run had %d)", limiter.max_concurrent, before
+        )
+
+
 def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) -> tune.ResultGrid:
     """Run (or resume) one family's search until it holds the run's trials per family.
 
@@ -104,6 +138,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
             resume_errored=True,
             param_space=param_space,
         )
+        set_concurrency(tuner, session.max_concurrent)
     else:
         searcher = OptunaStudySearcher(
             space,

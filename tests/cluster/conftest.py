@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 from dvt_testkit_cluster import (
-    CLUSTER_DIR,
     LoopbackCluster,
     LoopbackNode,
+    fill_local_yaml,
     free_ports,
-    load_render,
     missing_tools,
 )
 
@@ -49,20 +48,15 @@ def loopback_cluster() -> Iterator[LoopbackCluster]:
         token_file.write_text(token)
         token_file.chmod(0o600)
         gcs, dashboard, client, agent = free_ports(4)
-        values = {
-            "DVT_CLUSTER_NAME": name,
-            "DVT_SSH_USER": getpass.getuser(),
-            "DVT_SSH_KEY": str(node.key),
-            "DVT_SSH_PORT": str(node.port),
-            "DVT_VENV": sys.prefix,
-            "DVT_AUTH_TOKEN_FILE": str(token_file),
-            "DVT_RAY_PORT": str(gcs),
-            "DVT_DASHBOARD_PORT": str(dashboard),
-            "DVT_CLIENT_PORT": str(client),
-            "DVT_AGENT_PORT": str(agent),
-        }
-        rendered = load_render().render_file(
-            CLUSTER_DIR / "local.yaml", root / "local.yaml", overrides=values, environ={}
+        filled = fill_local_yaml(
+            root / "local.yaml",
+            user=getpass.getuser(),
+            key=node.key,
+            ssh_port=node.port,
+            venv=sys.prefix,
+            token_file=token_file,
+            ports=(gcs, dashboard, client, agent),
+            name=name,
         )
         # The client side keeps its launcher state (cluster state file, config cache) in the tmp dir too.
         env = dict(os.environ, RAY_TMPDIR=str(local_tmp), TMPDIR=str(local_tmp), RAY_USAGE_STATS_ENABLED="0")
@@ -70,13 +64,13 @@ def loopback_cluster() -> Iterator[LoopbackCluster]:
         cluster = LoopbackCluster(
             node=node,
             name=name,
-            yaml=rendered,
+            yaml=filled,
             token=token,
             dashboard_port=dashboard,
             env=env,
             ray_bin=str(Path(sys.executable).parent / "ray"),
         )
-        cluster.ray("up", "-y", str(rendered), timeout=600)
+        cluster.ray("up", "-y", str(filled), timeout=600)
         yield cluster
     finally:
         node.stop()

@@ -63,3 +63,20 @@ def test_running_best() -> None:
         running_best(np.array([0.5, 0.4, 0.7, 0.6]), "maximize"), [0.5, 0.5, 0.7, 0.7]
     )
     np.testing.assert_array_equal(running_best(np.array([3.0, 4.0, 1.0]), "minimize"), [3.0, 3.0, 1.0])
+
+
+def test_torn_journal_is_read_from_a_repaired_copy_and_said(tmp_path: Path, caplog) -> None:
+    import logging
+
+    journal = tmp_path / "optuna.journal"
+    _journal(journal, {"vgg16": 5})
+    with journal.open("ab") as f:
+        f.write(b'{"op_code": 4, "worker_id": "x", "trial_id"\n')  # a record cut by a killed writer
+    torn = journal.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="dvt_search.rundir.journal"):
+        history = read_history(tmp_path)
+    assert len(history["vgg16"].trials) == 5
+    assert journal.read_bytes() == torn  # the run's own file is not touched by the report
+    assert [p.name for p in tmp_path.iterdir()] == ["optuna.journal"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert str(journal) in line and "byte(s)" in line

@@ -140,3 +140,22 @@ def test_asha_stopped_trials_reach_optuna_as_pruned(ray_2_cpus, phantom, tmp_pat
         assert rec.has_checkpoint
         meta = json.loads((run.checkpoint_dir("scripted", rec.trial_id) / "meta.json").read_text())
         assert meta["epochs_done"] == rec.best_epoch
+
+
+def test_resumed_searcher_repairs_a_torn_journal(tmp_path) -> None:
+    s = _searcher(tmp_path, n=4)
+    for tid in ("a", "b"):
+        s.suggest(tid)
+        s.on_trial_complete(tid, _result(3, 0.7))
+    journal = tmp_path / "optuna.journal"
+    intact = journal.stat().st_size
+    s.suggest("c")  # the head dies while this trial's record is being written
+    with journal.open("r+b") as f:
+        f.truncate(intact + (journal.stat().st_size - intact) // 2)
+
+    resumed = _searcher(tmp_path, n=4)
+    assert resumed.suggest("d")["optuna_number"] == 2  # study.ask() works again
+    assert close_unfinished(journal, "scripted") == 1
+    study = open_study(journal, "scripted")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
+    assert len(list(tmp_path.glob("optuna.journal.torn-*.bak"))) == 1

@@ -1,8 +1,9 @@
 """Helpers for the cluster-launcher tests: the cluster templates, and a real loopback "cluster".
 
 ``conftest.loopback_cluster`` runs the user's launch flow for real on this machine: an sshd of its own
-on a free 127.0.0.1 port stands in for the head host, and ``cluster/local.yaml`` (rendered with that
-port, a fresh key, free Ray ports and the running venv) is brought up with the real ``ray up``.
+on a free 127.0.0.1 port stands in for the head host, and ``cluster/local.yaml`` (its fields filled with
+that port, a fresh key, free Ray ports and the running venv: :func:`fill_local_yaml`) is brought up with
+the real ``ray up``.
 
 The "node" behind that sshd gets what a separate machine would have: its own ``HOME`` (so ``~`` in the
 YAML, ``~/.bashrc`` and ``~/.ray/auth_token`` are the node's, not yours) and ``RAY_TMPDIR``, both set by
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import os
 import shutil
 import signal
@@ -26,7 +26,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = REPO / "cluster"
@@ -37,13 +38,46 @@ SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.access("/usr/sbin/sshd", 
 CLIENT_TOOLS = ("ssh", "ssh-keygen", "rsync", "nc")
 
 
-def load_render() -> ModuleType:
-    """Import ``cluster/render.py`` (a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("dvt_cluster_render", CLUSTER_DIR / "render.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+#: The head ports ``cluster/local.yaml`` starts with (GCS, dashboard, client server, dashboard agent).
+LOCAL_PORTS = {
+    "--port=": 6380,
+    "--dashboard-port=": 8266,
+    "--ray-client-server-port=": 9380,
+    "--dashboard-agent-listen-port=": 52375,
+}
+
+
+def fill_local_yaml(
+    out: Path,
+    *,
+    user: str,
+    key: Path,
+    ssh_port: int,
+    venv: str,
+    token_file: Path,
+    ports: tuple[int, int, int, int],
+    name: str = "dvt-local",
+) -> Path:
+    """Fill ``cluster/local.yaml``'s fields the way its header tells a user to, and write it to ``out``.
+
+    The ``REPLACE_ME_*`` fields get ``user``/``key``/``venv``; the plain values worth checking (sshd
+    port, head ports, the token file) are changed too, so the test's "node" keeps apart from any other
+    Ray on this machine.
+    """
+    text = (CLUSTER_DIR / "local.yaml").read_text().replace("REPLACE_ME_VENV", venv)
+    for flag, port in zip(LOCAL_PORTS, ports, strict=True):
+        old = f"{flag}{LOCAL_PORTS[flag]}\n"
+        assert text.count(old) == 1, f"cluster/local.yaml: expected one {old.strip()!r}"
+        text = text.replace(old, f"{flag}{port}\n")
+    config = yaml.safe_load(text)
+    config["cluster_name"] = name
+    config["auth"].update(
+        ssh_user=user, ssh_private_key=str(key), ssh_proxy_command=f"nc 127.0.0.1 {ssh_port}"
+    )
+    config["file_mounts"] = {"~/.ray/auth_token": str(token_file)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
 
 
 def free_ports(n: int) -> list[int]:
@@ -159,7 +193,7 @@ class LoopbackNode:
 
 @dataclass
 class LoopbackCluster:
-    """A rendered ``cluster/local.yaml`` brought up with ``ray up`` on a :class:`LoopbackNode`."""
+    """A filled-in ``cluster/local.yaml`` brought up with ``ray up`` on a :class:`LoopbackNode`."""
 
     node: LoopbackNode
     name: str
