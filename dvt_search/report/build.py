@@ -25,6 +25,7 @@ from pathlib import Path
 from dvt_search.report.analysis import data, error_analysis, methods, multitask, search
 from dvt_search.report.context import ReportContext
 from dvt_search.report.render import Block, to_html, to_markdown
+from dvt_search.report.search_vs_paper import search_vs_paper
 from dvt_search.report.sections import comparisons, header, performance, table1, verdict
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def build_blocks(c: ReportContext) -> list[Block]:
         *verdict(c),
         *table1(c),
         *comparisons(c),
+        *search_vs_paper(c),
         *performance(c),
         *error_analysis(c),
         *multitask(c),
