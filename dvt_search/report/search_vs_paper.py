@@ -54,7 +54,7 @@ def _curse(fam: str, e: dict[str, Any]) -> str | None:
     if not w or not w.get("test_auc"):
         return None
     line = (
-        f"{fam}: the winner is the best of {e["n_trials"]} trial(s) on validation (AUC {_num(w['val_auc'])}), "
+        f"{fam}: the winner is the best of {e['n_trials']} trial(s) on validation (AUC {_num(w['val_auc'])}), "
         f"so that figure is biased upward (winner's curse); on test it scores {_num(w['test_auc']['estimate'])} "
         f"(validation − test {_gap(w)})."
     )
