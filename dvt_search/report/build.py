@@ -7,7 +7,8 @@ through the run's manifest (``--manifest`` when it moved), and are skipped with 
 Patient ids never appear; mis-classified slices are named by scan and slice.
 
 Sections: header card with the selected model; plain-words verdict (significance judged as in
-:mod:`.compare`); the paper's Table 1 reproduced beside its numbers; pairwise tests; ROC, calibration and
+:mod:`.compare`); the paper's Table 1 reproduced beside its numbers; pairwise tests; each family's searched
+winner vs its paper-configuration trial (:mod:`.search_vs_paper`); ROC, calibration and
 confusion matrices (paper Figs. 5 right and 2); operating points and scan-level AUC; Grad-CAM of
 mis-classified slices and the patch vein-detection AUC (section 5.4, Fig. 5 left); multitask loss
 components (Fig. 3); the search (trial counts, cost, learning curves, Optuna history and importances);
