@@ -24,6 +24,7 @@ BENCHES = {
     "families": ["bench_families.py", "--device", "cpu"],
     "sift": ["bench_sift.py"],
     "search": ["bench_search.py"],
+    "replay": ["bench_replay.py", "--quick"],
     "stats": ["bench_stats_validity.py", "--quick"],  # full mode (no --quick): ~50 min
 }
 

@@ -8,7 +8,8 @@ Patient ids never appear; mis-classified slices are named by scan and slice.
 
 Sections: header card with the selected model; plain-words verdict (significance judged as in
 :mod:`.compare`); the exam-level primary endpoint (scan sensitivity / specificity / PPV / NPV at the
-validation-chosen scan threshold, counts per partition); every evaluation of the test set; the paper's Table 1 reproduced beside its numbers; pairwise tests; ROC, calibration and
+validation-chosen scan threshold, counts per partition); every evaluation of the test set; the paper's Table 1 reproduced beside its numbers; pairwise tests; each family's searched
+winner vs its paper-configuration trial (:mod:`.search_vs_paper`); ROC, calibration and
 confusion matrices (paper Figs. 5 right and 2); operating points and scan-level AUC; calibration against
 its no-skill reference, calibration slope / intercept and the decision curve; Grad-CAM of
 mis-classified slices and the patch vein-detection AUC (section 5.4, Fig. 5 left); multitask loss
@@ -27,6 +28,7 @@ from pathlib import Path
 from dvt_search.report.analysis import data, error_analysis, methods, multitask, search, usefulness
 from dvt_search.report.context import ReportContext
 from dvt_search.report.render import Block, to_html, to_markdown
+from dvt_search.report.search_vs_paper import search_vs_paper
 from dvt_search.report.sections import (
     comparisons,
     exam,
@@ -49,6 +51,7 @@ def build_blocks(c: ReportContext) -> list[Block]:
         *test_evaluations(c),
         *table1(c),
         *comparisons(c),
+        *search_vs_paper(c),
         *performance(c),
         *usefulness(c),
         *error_analysis(c),

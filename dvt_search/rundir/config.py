@@ -76,6 +76,7 @@ class SearcherConfig:
     startup_trials: int = 10
     multivariate: bool = True
     scheduler_stopped_trials: str = "PRUNED"
+    paper_trial: bool = True
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,8 @@ class TrialRecord:
     error: str | None = None
     has_checkpoint: bool = False
     failures: int = 0  # failed attempts (retried from the last checkpoint, or final for status failed)
+    paper_config: bool = False  # the trial runs the family's paper configuration (its default_params())
+    paper_outside_space: list[str] = field(default_factory=list)  # its params the space cannot represent
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

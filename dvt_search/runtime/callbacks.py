@@ -122,6 +122,8 @@ class RecordsCallback(Callback):
             params=dict(cfg.get("params", {})),
             max_epochs=self.budget,
             optuna_number=cfg.get("optuna_number"),
+            paper_config=bool(cfg.get("paper_config", False)),
+            paper_outside_space=list(cfg.get("paper_outside_space", [])),
         )
 
     def _better(self, value: float, best: float | None) -> bool:

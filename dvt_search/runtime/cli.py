@@ -125,6 +125,12 @@ def register(subparsers: Any) -> None:
         default=10,
         help="random trials before TPE models (default: 10)",
     )
+    p.add_argument(
+        "--no-paper-trial",
+        dest="paper_trial",
+        action="store_false",
+        help="do not enqueue each family's paper configuration (its default_params) as its first trial",
+    )
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default: 3)")
     p.add_argument(

@@ -66,6 +66,7 @@ class SearchOptions:
     scheduler: str = "asha"
     sampler: str = "tpe"
     startup_trials: int = 10
+    paper_trial: bool = True
     max_failures: int = 2
     keep_checkpoints: int = 2
     max_concurrent: int | None = None
@@ -127,7 +128,11 @@ def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
             grace_period=int(opts.grace_period),
             reduction_factor=float(opts.reduction_factor),
         ),
-        searcher=SearcherConfig(sampler=opts.sampler, startup_trials=int(opts.startup_trials)),
+        searcher=SearcherConfig(
+            sampler=opts.sampler,
+            startup_trials=int(opts.startup_trials),
+            paper_trial=bool(opts.paper_trial),
+        ),
         resources=ResourceConfig(
             cpus_per_trial=float(opts.cpus_per_trial),
             gpus_per_trial=float(opts.gpus_per_trial),

@@ -18,7 +18,16 @@ The study (``study_name`` = family) lives in an Optuna ``JournalStorage`` file (
 so ``optuna-dashboard <run>/optuna.journal`` shows the search live, and a resumed driver continues the
 *same* study. Sampler: ``TPESampler(multivariate=True, seed=seed)`` (``group=True`` when the space has
 conditional params; the constant liar keeps concurrent suggestions apart), or ``RandomSampler`` for
-baselines.
+baselines. The sampler seed is derived from the run seed *and the family name* (:func:`family_seed`), so
+two families with the same params (VGG-16 and DenseNet-161 both search lr, weight decay, batch size...)
+do not draw the same configurations in the same order.
+
+Paper trial: with ``paper_trial`` (the default), the family's paper configuration (its
+``default_params()``, :func:`dvt_search.search.space.paper_point`) is enqueued as the study's FIRST trial
+(``study.enqueue_trial``) with the user attribute ``paper_config = True``; its Tune config carries
+``paper_config: true`` and ``paper_outside_space`` (the searched params whose paper value the space cannot
+represent: the trial runs the paper value, Optuna's trial does not hold it). It is enqueued only into an
+empty study, so a resumed run never enqueues it twice (and a study started without it never gets one).
 
 Resume: Tune's experiment snapshot (which holds this searcher's state) can lag the journal. Optuna trials
 asked after the snapshot are unknown to the restored Tune run; RUNNING ones are *re-used* (same params) by
@@ -28,6 +37,7 @@ resumed family ends with exactly ``num_samples`` trials in the study and in the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,12 +49,14 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from dvt_search.rundir.journal import repair_journal
-from dvt_search.search.space import SearchSpace, suggest
+from dvt_search.search.space import SearchSpace, paper_point, suggest, suggest_paper
 
 log = logging.getLogger(__name__)
 
 #: User attribute on each Optuna trial naming the Tune trial that ran it.
 TUNE_ID_ATTR = "tune_trial_id"
+#: User attribute marking the trial that runs the family's paper configuration.
+PAPER_ATTR = "paper_config"
 SAMPLERS = ("tpe", "random")
 
 
@@ -81,6 +93,16 @@ def make_sampler(
     raise ValueError(f"unknown sampler {kind!r}; expected one of {SAMPLERS}")
 
 
+def family_seed(seed: int, family: str) -> int:
+    """The sampler seed of ``family`` in a run with ``seed``: deterministic, different per family.
+
+    The first 4 bytes (big-endian) of ``sha256(f"{seed}:{family}")``: stable across processes and Python
+    versions (unlike ``hash()``), in ``[0, 2**32)`` as NumPy seeds must be.
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{family}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def close_unfinished(journal: str | Path, family: str) -> int:
     """Tell FAIL for every trial of the study still RUNNING (call when the family's search is over).
 
@@ -109,9 +131,10 @@ class OptunaStudySearcher(Searcher):
         budget: epochs of a full-budget trial (a trial ending earlier is PRUNED).
         metric: the reported metric to optimise.
         mode: ``max`` or ``min``.
-        seed: sampler seed.
+        seed: the run seed (the sampler is seeded with :func:`family_seed` of it and the family).
         sampler: ``tpe`` or ``random``.
         startup_trials: random trials before TPE models the results.
+        paper_trial: enqueue the family's paper configuration as the first trial of an empty study.
     """
 
     def __init__(
@@ -126,6 +149,7 @@ class OptunaStudySearcher(Searcher):
         seed: int = 0,
         sampler: str = "tpe",
         startup_trials: int = 10,
+        paper_trial: bool = True,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         if sampler not in SAMPLERS:
@@ -137,6 +161,7 @@ class OptunaStudySearcher(Searcher):
         self.seed = int(seed)
         self.sampler_kind = sampler
         self.startup_trials = int(startup_trials)
+        self.paper_trial = bool(paper_trial)
         self._owned: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._study: optuna.Study | None = None
 
@@ -149,10 +174,25 @@ class OptunaStudySearcher(Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            sampler = make_sampler(self.sampler_kind, self.seed, self.space, self.startup_trials)
+            seed = family_seed(self.seed, self.space.family)
+            sampler = make_sampler(self.sampler_kind, seed, self.space, self.startup_trials)
             self._study = open_study(self.journal, self.space.family, mode=self.mode, sampler=sampler)
             self._study.set_user_attr("metric", self.metric)
             self._study.set_user_attr("budget_epochs", self.budget)
+            self._study.set_user_attr("sampler_seed", seed)
+            if self.paper_trial and not self._study.get_trials(deepcopy=False):
+                point = paper_point(self.space)
+                self._study.enqueue_trial(
+                    dict(point.in_space),
+                    user_attrs={PAPER_ATTR: True, "paper_outside_space": sorted(point.outside)},
+                )
+                if point.outside:
+                    log.info(
+                        "%s: paper configuration enqueued; outside the searched space (run as the paper's "
+                        "value, not told to Optuna): %s",
+                        self.space.family,
+                        dict(point.outside),
+                    )
         return self._study
 
     # --- Tune Searcher API ------------------------------------------------------------------------------
@@ -180,10 +220,16 @@ class OptunaStudySearcher(Searcher):
             return Searcher.FINISHED
         else:
             trial = study.ask()
-        params = suggest(trial, self.space)
+        out: dict[str, Any] = {}
+        if trial.user_attrs.get(PAPER_ATTR):
+            point = paper_point(self.space)
+            params = suggest_paper(trial, self.space, point)
+            out = {"paper_config": True, "paper_outside_space": sorted(point.outside)}
+        else:
+            params = suggest(trial, self.space)
         trial.set_user_attr(TUNE_ID_ATTR, trial_id)
         self._owned[trial_id] = trial.number
-        return {"params": params, "optuna_number": trial.number}
+        return {"params": params, "optuna_number": trial.number, **out}
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         number = self._owned.get(trial_id)

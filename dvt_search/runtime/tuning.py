@@ -3,7 +3,10 @@
 Scheduler: ``ASHAScheduler(time_attr="epoch", max_t=budget, grace_period, reduction_factor)``. The time
 attribute is the *epoch the family reported*, not Tune's ``training_iteration``: a ``ray-train`` trial
 that is retried resumes its Train run at epoch ``e`` while Tune's iteration counter starts again at 1.
-One-shot families (budget 1, SIFT) run FIFO: there is nothing to stop early.
+One-shot families (budget 1, SIFT) run FIFO: there is nothing to stop early. The paper trial (the family's
+paper configuration, enqueued first by the searcher) is never stopped early (:class:`PaperExemptASHA`): it
+is the comparator of "search vs the paper's hand-tuning", so it always runs its full budget (its results
+still enter the rungs, as every trial's do).
 
 Actor reuse: one-shot trials re-use their Tune actor (no new process, imports and dataset opening per
 trial: seconds each on small CPUs). Epoch-budget trials get a fresh actor each: when Tune stops a trial
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from dvt_search.families.base import TrialNeeds
@@ -69,12 +72,28 @@ def scheduler_name(config: SchedulerConfig, budget: int) -> str:
     return "fifo" if budget <= 1 else config.type
 
 
+class PaperExemptASHA(ASHAScheduler):
+    """Ray's ASHA, except that a trial whose config holds ``paper_config: true`` is never stopped early.
+
+    Its results are recorded in the rungs like every other trial's (it can stop others); only a STOP
+    decision before ``max_t`` is turned into CONTINUE for it.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        exempt = bool((getattr(trial, "config", None) or {}).get("paper_config"))
+        if exempt and action == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
 def _scheduler(config: SchedulerConfig, budget: int) -> Any:
     if config.type == "fifo" or budget <= 1:
         return FIFOScheduler()
     if config.type != "asha":
         raise ValueError(f"unknown scheduler {config.type!r}; expected asha or fifo")
-    return ASHAScheduler(
+    return PaperExemptASHA(
         time_attr=config.time_attr,
         max_t=budget,
         grace_period=max(1, min(config.grace_period, budget)),
@@ -150,6 +169,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
             seed=cfg.seed,
             sampler=cfg.searcher.sampler,
             startup_trials=cfg.searcher.startup_trials,
+            paper_trial=cfg.searcher.paper_trial,
         )
         callbacks = [
             RecordsCallback(

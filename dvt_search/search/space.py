@@ -89,6 +89,26 @@ class ParamSpec:
         """Whether this param is suggested, given the values suggested so far."""
         return all(name in values and values[name] in allowed for name, allowed in self.when.items())
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this param can take (in range, on its step, among its choices).
+
+        No clamping or coercion: ``0.0`` is outside a log-scale range, ``"scale"`` outside a float range,
+        ``True`` is not the choice ``1``.
+        """
+        if self.type == "categorical":
+            return any(type(c) is type(value) and c == value for c in self.choices or ())
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.type == "int" and float(value) != int(value):
+            return False
+        if not float(self.low) <= float(value) <= float(self.high):
+            return False
+        step = self.step or (1 if self.type == "int" else None)
+        if step is None:
+            return True
+        k = (float(value) - float(self.low)) / float(step)
+        return abs(k - round(k)) <= 1e-8 * max(1.0, abs(k))
+
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial for this param's value."""
         if self.type == "float":
@@ -302,6 +322,56 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     for p in space.params:
         if p.active(values):
             values[p.name] = p.suggest(trial)
+    return {**dict(space.fixed), **values}
+
+
+@dataclass(frozen=True)
+class PaperPoint:
+    """A family's paper configuration (``default_params()``) as seen by one search space.
+
+    Attributes:
+        params: the configuration a trial of this space runs: ``fixed`` plus every *active* searched param
+            at its paper value (conditions evaluated on the paper values, in file order).
+        in_space: the active searched params whose paper value the space can represent (what Optuna is
+            given: ``study.enqueue_trial(in_space)``).
+        outside: the active searched params whose paper value the space cannot represent (e.g. a weight
+            decay of 0 in a log-scale range, or ``svm_gamma: scale`` in a float range); the trial still runs
+            the paper value, Optuna is not told it (its distribution cannot hold it).
+    """
+
+    params: Mapping[str, Any]
+    in_space: Mapping[str, Any]
+    outside: Mapping[str, Any]
+
+
+def paper_point(space: SearchSpace) -> PaperPoint:
+    """The family's paper configuration split by what ``space`` can represent (see :class:`PaperPoint`)."""
+    defaults = families.get(space.family).default_params()
+    values: dict[str, Any] = {}
+    in_space: dict[str, Any] = {}
+    outside: dict[str, Any] = {}
+    for p in space.params:
+        if not p.active(values):
+            continue
+        v = defaults[p.name]
+        values[p.name] = v
+        (in_space if p.contains(v) else outside)[p.name] = v
+    return PaperPoint({**dict(space.fixed), **values}, in_space, outside)
+
+
+def suggest_paper(trial: Any, space: SearchSpace, point: PaperPoint) -> dict[str, Any]:
+    """Define-by-run for the paper trial: ``point.in_space`` through Optuna, ``point.outside`` as given.
+
+    The trial must have been enqueued with ``point.in_space`` (Optuna then returns those values).
+
+    Returns:
+        ``point.params``, with the in-space values as Optuna returned them.
+    """
+    values: dict[str, Any] = {}
+    for p in space.params:
+        if not p.active(values):
+            continue
+        values[p.name] = point.outside[p.name] if p.name in point.outside else p.suggest(trial)
     return {**dict(space.fixed), **values}
 
 

@@ -8,6 +8,7 @@ column                        meaning
 ============================  =========================================================================
 family, trial_id              which trial
 optuna_number                 the trial's number in its family's Optuna study (if any)
+paper_config                  the trial ran the family's paper configuration (enqueued first)
 status                        the record's status (pending / running / completed / stopped / failed)
 ended                         how it ended, in words: completed / stopped early / failed / unfinished
 epochs, max_epochs            epochs run and the budget
@@ -51,6 +52,7 @@ _BASE_COLUMNS = (
     "family",
     "trial_id",
     "optuna_number",
+    "paper_config",
     "status",
     "ended",
     "epochs",
@@ -106,6 +108,7 @@ def trial_row(run: RunDir, rec: TrialRecord, metric: str, mode: str) -> dict[str
         "family": rec.family,
         "trial_id": rec.trial_id,
         "optuna_number": rec.optuna_number,
+        "paper_config": bool(rec.paper_config),
         "status": rec.status,
         "ended": ENDED[rec.status],
         "epochs": max(int(rec.epochs), len(curve)),

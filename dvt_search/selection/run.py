@@ -99,6 +99,9 @@ def select_run(
             level=level,
         )
         write_comparison(run.path, comparison)
+        doc["search_vs_paper"] = _search_vs_paper(
+            run, lb, choice, manifest_path, splits, preds, device, batch_size
+        )
         entry = test_log.record(
             run,
             earlier,
@@ -124,6 +127,15 @@ def select_run(
         doc["test"]["previous_evaluations"] = len(earlier)
     write_selection(run.path, doc)
     return doc
+
+
+def _search_vs_paper(
+    run: Any, lb: Any, choice: Any, manifest: Any, splits: Any, preds: Any, *dev: Any
+) -> dict:
+    """Each family's paper-configuration trial scored on test beside its winner (:mod:`.paper`)."""
+    from dvt_search.selection.paper import score_paper_configs
+
+    return score_paper_configs(run, lb, choice, manifest, splits, preds, device=dev[0], batch_size=dev[1])
 
 
 def data_summary(manifest_df: pd.DataFrame, splits: Any) -> dict[str, Any]:

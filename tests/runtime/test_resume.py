@@ -105,6 +105,9 @@ def test_killed_driver_resumes_to_exactly_n_trials(no_ray_here, phantom, tmp_pat
     for t in study.trials:
         assert t.state == STATE[by_number[t.number].status], (t.number, t.state, by_number[t.number].status)
     assert run.read_info().state.finished_families == ["scripted"]
+    # the paper trial was enqueued once, by the first driver, and never again by the resumed one
+    assert [t.number for t in study.trials if t.user_attrs.get("paper_config")] == [0]
+    assert [r.optuna_number for r in records if r.paper_config] == [0]
 
 
 def test_resume_refuses_changed_manifest_or_splits(phantom, tmp_path) -> None:

@@ -128,6 +128,9 @@ def test_asha_stopped_trials_reach_optuna_as_pruned(ray_2_cpus, phantom, tmp_pat
     assert len(study.trials) == 6 and len(records) == 6
     states = {t.number: t.state for t in study.trials}
     assert TrialState.PRUNED in states.values(), "ASHA with reduction factor 2 stopped no trial"
+    paper = [r for r in records.values() if r.paper_config]  # the paper trial went through Tune
+    assert [r.optuna_number for r in paper] == [0] and paper[0].params["quality"] == 0.5
+    assert paper[0].status == "completed" and study.trials[0].user_attrs["paper_config"] is True
     for t in study.trials:
         rec = records[t.number]
         epochs = [row["epoch"] for row in run.read_epochs("scripted", rec.trial_id)]
