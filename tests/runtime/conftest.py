@@ -72,5 +72,6 @@ def ray_2_cpus(_runtime_env: None) -> Iterator[None]:
     if ray.is_initialized() and ray.cluster_resources().get("CPU") != 2.0:
         ray.shutdown()
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        # address="local": a private instance, never a cluster another process started on this host
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
