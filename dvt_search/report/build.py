@@ -27,17 +27,10 @@ from pathlib import Path
 
 from dvt_search.report.analysis import data, error_analysis, methods, multitask, search, usefulness
 from dvt_search.report.context import ReportContext
+from dvt_search.report.endpoints import exam, test_evaluations
 from dvt_search.report.render import Block, to_html, to_markdown
 from dvt_search.report.search_vs_paper import search_vs_paper
-from dvt_search.report.sections import (
-    comparisons,
-    exam,
-    header,
-    performance,
-    table1,
-    test_evaluations,
-    verdict,
-)
+from dvt_search.report.sections import comparisons, header, performance, table1, verdict
 
 log = logging.getLogger(__name__)
 
