@@ -118,7 +118,8 @@ def register(subparsers: Any) -> None:
         help="score a DICOM CT series, a NIfTI volume or a batch (worklist) with an exported model",
         description="Score one series (--dicom or --nifti: slices.csv, summary.json, heat maps) or a batch "
         "(--batch: worklist.csv + worklist.parquet, one row per series). Out-of-scope series (not CT, not "
-        "axial, not thigh/pelvis, soft tissue not in HU, no enhanced vessels) are scored with a warning. "
+        "axial, not thigh/pelvis, soft tissue not in HU, no enhanced vessels, or no veins where the model's "
+        "vein detector looks, for models that have one) are scored with a warning. "
         "Exit status: 0 when scored; with --batch, 1 only when every series failed (a failing series is "
         "an error row and the others go on); 1 on a bad model folder or input.",
     )

@@ -3,7 +3,8 @@
 The series is read by :mod:`.inputs`: a DICOM series with :mod:`dvt_search.data.readers.dicom` (ordered
 by ImagePositionPatient so slice 0 is the most inferior, RescaleSlope/Intercept applied) or a NIfTI
 volume (``--nifti``) in the same layout. :mod:`.scope` checks that it is what the model was trained for
-(CT, axial, thigh/pelvis, HU, contrast) and its warnings go into the summary. Each slice is preprocessed as
+(CT, axial, thigh/pelvis, HU, contrast and, for models with a vein detector, veins found where the
+detector looks: ``ExportedScorer.vein_fractions``) and its warnings go into the summary. Each slice is preprocessed as
 ``preprocess.json`` says (:mod:`dvt_search.data.transform`, as in training), and the family scores it
 through ``Family.open_export``: the TorchScript module (``model.ts``) for CNN families, the pickle-free
 SIFT-BoW-SVM arrays for the baseline. The scan decision aggregates the slice probabilities as
@@ -114,6 +115,10 @@ class Exported:
             return None
         return self.scorer.heatmaps(slices_hu)
 
+    def vein_fractions(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        """Per slice, the fraction seen as vein by the model's vein detector; ``None`` without one."""
+        return self.scorer.vein_fractions(slices_hu)
+
 
 def read_dicom_volume(series_dir: str | os.PathLike[str], series: str | None = None) -> np.ndarray:
     """The HU volume ``[Z, H, W]`` of one CT series under ``series_dir`` (slice 0 most inferior).
@@ -148,7 +153,13 @@ def predict_input(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Check and score one read series; write ``slices.csv``, ``summary.json`` (+ heat maps); return the summary."""
-    scope = check_scope(series.volume, series.spacing_rc, modality=series.modality, axial=series.axial)
+    scope = check_scope(
+        series.volume,
+        series.spacing_rc,
+        modality=series.modality,
+        axial=series.axial,
+        vein_detector=model.vein_fractions,
+    )
     volume = series.volume
     probs = model.scores(volume, batch_size=batch_size, device=device)
     positive = probs >= model.threshold

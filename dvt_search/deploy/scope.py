@@ -4,9 +4,11 @@ The models were trained on contrast-enhanced (venous-phase) axial CT of the thig
 pelvis (iliac level). A series that is something else still gets a score, but the score means nothing;
 :func:`check_scope` returns warnings that ``predict`` prints, writes to ``summary.json`` and puts in the
 worklist, so no such series ends as a silent "DVT suspected". The criteria are deliberately simple image
-statistics (no model), each with a documented threshold; they catch the wrong modality, the wrong body
-region (head, chest, upper abdomen, a cropped field), non-HU data and non-contrast scans, and do not
-certify that a series *is* a femoral/iliac study.
+statistics, each with a documented threshold, plus, where the exported model has a vein detector (the
+multitask UNet's segmentation head, the patch ResNet-50's vein grid), where that detector sees veins;
+they catch the wrong modality, the wrong body region (head, chest, upper abdomen, a cropped field, levels
+above or below the femoral/iliac veins), non-HU data and non-contrast scans, and do not certify that a
+series *is* a femoral/iliac study.
 
 Per slice, on the HU image smoothed with a Gaussian of :data:`SMOOTH_MM` (skipped for pixels coarser
 than twice that; unsmoothed noise would fake enhanced pixels), morphology radii rounded down to whole
@@ -31,7 +33,8 @@ A slice is **out of region** when (first reason that applies):
 * enhanced soft tissue (:data:`VESSEL_HU`) covers more than :data:`MAX_ENHANCED` of the soft tissue:
   large enhancing organs (liver, spleen, kidneys: upper abdomen), not vessels.
 
-At most 48 slices, evenly spread, are measured per series (slice ranges in warnings run over them).
+At most 48 slices, evenly spread, are measured per series (slice ranges in warnings run over them); the
+vein detector is asked about the same slices.
 
 Series-level warnings (:class:`ScopeReport.warnings`):
 
@@ -47,10 +50,17 @@ Series-level warnings (:class:`ScopeReport.warnings`):
   are not HU (NIfTI stored without scaling, MR) or not this anatomy;
 * ``contrast``: enhanced-vessel pixels (:data:`VESSEL_HU` in soft tissue) cover less than
   :data:`MIN_VESSEL` of the soft tissue in more than half of the slices: no contrast or the wrong phase
-  (DVT shows as a filling defect in an opacified vein).
+  (DVT shows as a filling defect in an opacified vein);
+* ``veins`` (only for a model with a vein detector: ``vein_detector`` returns fractions, see
+  :meth:`dvt_search.families.base.ExportedScorer.vein_fractions`): the area where the detector sees vein
+  (its vein probability >= 0.5, as a fraction of the slice times the slice's area in mm2) is below
+  :data:`MIN_VEIN_MM2` on more than :data:`MAX_VEINLESS` of the measured slices: the series lies
+  outside the femoral/iliac levels, or the model looks at anatomy it was not trained on. A model without a
+  detector skips this check (``checks["vein_detector"]`` says so).
 
 Thresholds (chosen on the phantom's femoral/iliac scans at 32-512 pixels, which all pass, and textbook
-HU; the tests hold chest, upper-abdomen, head, cropped, MR, non-HU and unenhanced volumes that must fail):
+HU; the tests hold chest, upper-abdomen, head, cropped, MR, non-HU and unenhanced volumes that must fail,
+and a tiny trained multitask UNet that finds veins on phantom thighs and none on a chest):
 
 =====================  ====================  ==========================================================
 body / air / bone      -500 / -400 / 400 HU  fat is -100, lung -850, cortical bone > 700
@@ -64,6 +74,8 @@ out-of-region slices   <= 20 %               of the measured slices before the s
 air pixels             >= 1 %                below -800 HU (the air around the body)
 soft-tissue peak       20-80 HU              muscle 40-60; >= 10 % of the body in 0-150 HU
 enhanced vessels       >= 0.1 %              of the soft tissue, on at least half of the slices
+detected vein area     >= 20 mm2             one common femoral vein is ~80 mm2 (10 mm); a quarter of it
+veinless slices        <= 50 %               of the measured slices before the series warns
 =====================  ====================  ==========================================================
 
 Nothing here reads or writes header values besides the modality.
@@ -71,7 +83,7 @@ Nothing here reads or writes header values besides the modality.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +109,8 @@ MIN_SOFT = 0.10
 MIN_VESSEL = 0.001
 AIR_BACKGROUND_HU = -800.0
 MIN_AIR = 0.01
+MIN_VEIN_MM2 = 20.0
+MAX_VEINLESS = 0.5
 
 _MAX_SLICES = 48  # slices measured per series (evenly spread): enough for the statistics, bounded time
 
@@ -239,12 +253,48 @@ def _ranges(flagged: Sequence[int], measured: Sequence[int]) -> str:
     return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
+def check_veins(
+    fractions: Sequence[float] | np.ndarray, slice_area_mm2: float, slices: Sequence[int]
+) -> tuple[str | None, dict[str, Any]]:
+    """The ``veins`` criterion: a warning (or None) and its measures.
+
+    Args:
+        fractions: per measured slice, the fraction of the slice where the vein detector sees vein.
+        slice_area_mm2: the area one slice covers (rows x columns x pixel spacing).
+        slices: the measured slices' indices (named in the warning), as many as ``fractions``.
+
+    Raises:
+        ValueError: ``fractions`` and ``slices`` differ in length, or a fraction is outside [0, 1].
+    """
+    fr = np.asarray(fractions, dtype=np.float64).reshape(-1)
+    if len(fr) != len(slices):
+        raise ValueError(f"vein detector gave {len(fr)} fractions for {len(slices)} slices")
+    if not np.all((fr >= 0) & (fr <= 1)):
+        raise ValueError(f"vein fractions must lie in [0, 1], got {fr.min():.3g}..{fr.max():.3g}")
+    area = fr * float(slice_area_mm2)
+    veinless = [int(k) for k, a in zip(slices, area) if a < MIN_VEIN_MM2]
+    checks = {
+        "vein_detector": "asked",
+        "vein_slices_measured": len(fr),
+        "slices_without_veins": len(veinless),
+        "median_vein_area_mm2": round(float(np.median(area)), 1) if len(area) else float("nan"),
+    }
+    if not len(fr) or len(veinless) <= MAX_VEINLESS * len(fr):
+        return None, checks
+    return (
+        f"the model's vein detector finds (almost) no vein (under {MIN_VEIN_MM2:.0f} mm2) on "
+        f"{len(veinless)} of {len(fr)} slices (slice(s) {_ranges(veinless, [int(k) for k in slices])}): "
+        "outside the femoral/iliac levels, or not the anatomy the model was trained on"
+    ), checks
+
+
 def check_scope(
     volume_hu: np.ndarray,
     spacing_rc: Sequence[float],
     *,
     modality: str | None,
     axial: bool = True,
+    vein_detector: Callable[[list[np.ndarray]], np.ndarray | None] | None = None,
 ) -> ScopeReport:
     """Out-of-scope warnings for a ``[Z, H, W]`` HU volume (see the module docstring for the criteria).
 
@@ -253,6 +303,8 @@ def check_scope(
         spacing_rc: in-plane pixel spacing (row, column) in mm.
         modality: the DICOM Modality, or None where the format records none (NIfTI: CT assumed).
         axial: whether the slices are axial.
+        vein_detector: the exported model's ``vein_fractions`` (HU slices -> per-slice fraction of the
+            slice seen as vein, or None without a detector); asked on the measured slices only.
     """
     warnings: list[str] = []
     checks: dict[str, Any] = {"modality": modality or "not recorded (CT assumed)"}
@@ -309,4 +361,14 @@ def check_scope(
             f"no enhanced vessels ({VESSEL_HU[0]:.0f}-{VESSEL_HU[1]:.0f} HU) in {len(unenhanced)} of "
             f"{len(body_slices)} slices: not a venous-phase contrast CT?"
         )
+    fractions = vein_detector([volume_hu[k] for k in picks]) if vein_detector is not None else None
+    if fractions is None:
+        checks["vein_detector"] = "none (the model has no vein detector)"
+    else:
+        rows, cols = volume_hu.shape[1:3]
+        area_mm2 = rows * cols * float(spacing_rc[0]) * float(spacing_rc[1])
+        vein_warning, vein_checks = check_veins(fractions, area_mm2, picks.tolist())
+        checks.update(vein_checks)
+        if vein_warning:
+            warnings.append(vein_warning)
     return ScopeReport(warnings, checks)

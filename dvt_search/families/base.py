@@ -15,7 +15,8 @@ Metric names reported in :class:`EpochReport.metrics` (all floats):
 Hooks with defaults (override where a family differs; callers never switch on ``Family.kind``):
 ``Family.trial_needs`` / ``fit_options`` (the runtime and ``dvt-search train``), ``Family.count_parameters``
 and ``Model.n_params`` (selection tie-breaks), ``Model.export`` / ``training_only_files`` /
-``preprocess_notes`` (``dvt-search export``), ``Family.open_export`` (``dvt-search predict``). The
+``preprocess_notes`` (``dvt-search export``), ``Family.open_export`` (``dvt-search predict``: an
+:class:`ExportedScorer` with ``scores``, ``heatmaps`` and ``vein_fractions``). The
 defaults describe a one-shot CPU model without a network graph, scored by its own ``predict``.
 """
 
@@ -193,6 +194,15 @@ class ExportedScorer(Protocol):
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
         """Maps ``[N, S, S]`` in [0, 1] explaining each slice's score, or ``None`` where the family has none."""
+        ...
+
+    def vein_fractions(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        """Per slice, the fraction ``float64[N]`` of its area where the model's vein detector sees vein.
+
+        ``None`` where the family has no vein detector (the default of every scorer but the
+        segmentation and patch-grid networks'). The deployed scope check (:mod:`dvt_search.deploy.scope`)
+        warns when it finds (almost) no vein on most slices.
+        """
         ...
 
 

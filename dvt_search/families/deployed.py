@@ -56,7 +56,7 @@ class HuSlices:
 
 
 class CheckpointScorer:
-    """Scores slices with a loaded model's :meth:`Model.predict`; no heat maps.
+    """Scores slices with a loaded model's :meth:`Model.predict`; no heat maps, no vein detector.
 
     Args:
         model: the family's model, loaded from the export folder.
@@ -78,4 +78,8 @@ class CheckpointScorer:
         return np.asarray(self.model.predict(HuSlices(list(volume_hu), self.spec)), np.float64)
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        return None
+
+    def vein_fractions(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
+        """``None``: a family scored by its own ``predict`` has no vein detector to ask."""
         return None

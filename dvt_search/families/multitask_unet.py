@@ -107,6 +107,7 @@ def hard_dice(seg_logits: Tensor, masks: Tensor) -> Tensor:
 class MultitaskUNetModel(TorchModel):
     family = "multitask_unet"
     needs_multiple_of_32 = True
+    detects_veins = True
 
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         self.a = check_range(params, "a", 0.0, 1.0)
@@ -129,6 +130,10 @@ class MultitaskUNetModel(TorchModel):
             w0=self.w0,
             w1=self.w1,
         )
+
+    def vein_map(self, outputs: dict[str, Tensor]) -> Tensor:
+        """Per-pixel vein probabilities ``[B, H, W]`` of the segmentation head."""
+        return torch.sigmoid(outputs["seg"][:, 0])
 
     def val_collect(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         return {"dice": hard_dice(outputs["seg"], batch["mask"])}

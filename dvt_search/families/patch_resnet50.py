@@ -69,6 +69,7 @@ class PatchResNet50Net(nn.Module):
 class PatchResNet50Model(TorchModel):
     family = "patch_resnet50"
     needs_multiple_of_32 = True
+    detects_veins = True
 
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         self.pos_weight = check_range(params, "pos_weight", 0.0, float("inf"))
@@ -89,6 +90,10 @@ class PatchResNet50Model(TorchModel):
         vein = patch_bce(outputs["vein"], self._patch_targets(outputs, batch), pos_weight=self.pos_weight)
         slice_loss = bce(outputs["logit"], batch["label"])
         return vein + self.slice_loss_weight * slice_loss, {"vein": vein, "slice": slice_loss}
+
+    def vein_map(self, outputs: dict[str, Tensor]) -> Tensor:
+        """Per-cell vein-presence probabilities ``[B, S/32, S/32]`` of the patch grid."""
+        return torch.sigmoid(outputs["vein"])
 
     def val_collect(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         return {

@@ -10,7 +10,8 @@
 and returns the ``torchscript`` / ``onnx`` entries of ``export.json``. :class:`TorchScriptScorer` (returned
 by :meth:`TorchFamily.open_export`) scores with ``model.ts`` and makes Grad-CAM maps with the eager
 network rebuilt from the folder's ``meta.json`` + ``weights.pt`` (the same weights), because Grad-CAM needs
-layer activations that a TorchScript graph does not expose.
+layer activations that a TorchScript graph does not expose; the same eager network gives the vein maps of
+the families that have a vein detector (the scope check's per-slice vein fractions).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 TORCHSCRIPT_FILE = "model.ts"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
+#: a pixel / patch of a vein map counts as vein at this probability (:meth:`TorchScriptScorer.vein_fractions`)
+VEIN_PROBABILITY = 0.5
 
 
 class SliceProbability(nn.Module):
@@ -128,6 +131,9 @@ def export_artefacts(model: TorchModel, directory: Path) -> dict[str, Any]:
 class TorchScriptScorer:
     """An export folder of a torch family: ``model.ts`` scores, the eager network explains (Grad-CAM).
 
+    The eager network (same weights) also answers where it sees veins, for families with a vein detector
+    (:meth:`vein_fractions`): the TorchScript graph returns slice probabilities only.
+
     Args:
         family: the family class (rebuilds the eager network from the folder for heat maps).
         directory: the export folder.
@@ -140,6 +146,7 @@ class TorchScriptScorer:
         self.family = family
         self.directory = Path(directory)
         self.spec = spec
+        self._model: TorchModel | None = None
         if not (self.directory / TORCHSCRIPT_FILE).is_file():
             raise FileNotFoundError(f"{self.directory}: no {TORCHSCRIPT_FILE} (not a torch-family export)")
 
@@ -160,12 +167,38 @@ class TorchScriptScorer:
                 out.append(net(torch.from_numpy(x).to(device)).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
+    def _eager(self) -> TorchModel:
+        """The eager model rebuilt from ``meta.json`` + ``weights.pt`` (on the CPU), loaded once."""
+        if self._model is None:
+            self._model = self.family.load(self.directory)
+            self._model.module.cpu().eval()
+        return self._model
+
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
         """Grad-CAM maps ``[N, S, S]`` in [0, 1] of the eager network (on the CPU)."""
         if not slices_hu:
             return None
         from ..engine.cam import grad_cam
 
-        module = self.family.load(self.directory).module
         x = torch.from_numpy(self._inputs(slices_hu))
-        return grad_cam(module, x).detach().cpu().numpy()
+        return grad_cam(self._eager().module, x).detach().cpu().numpy()
+
+    def vein_fractions(self, slices_hu: list[np.ndarray], *, batch_size: int = 16) -> np.ndarray | None:
+        """Per slice, the fraction of the model's vein map at or above :data:`VEIN_PROBABILITY`.
+
+        The map is the eager network's :meth:`TorchModel.vein_map` (the segmentation head's pixels, the
+        patch grid's cells), which covers the whole slice; ``None`` for a model without a vein detector
+        (:attr:`TorchModel.detects_veins`), without running the network.
+        """
+        model = self._eager()
+        if not model.detects_veins:
+            return None
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(slices_hu), batch_size):
+                x = torch.from_numpy(self._inputs(slices_hu[i : i + batch_size]))
+                veins = model.vein_map(model.module(x))
+                if veins is None:
+                    return None
+                out.append((veins >= VEIN_PROBABILITY).flatten(1).double().mean(1).numpy())
+        return np.concatenate(out) if out else np.zeros(0)

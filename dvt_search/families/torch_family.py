@@ -76,6 +76,10 @@ class TorchModel(Model):
 
     #: whether the image side must be a multiple of 32 (encoder-decoder and patch-grid networks)
     needs_multiple_of_32: ClassVar[bool] = False
+    #: whether the network has a vein detector (:meth:`vein_map` returns a map); the deployed scope check
+    #: asks it where it sees veins (see :meth:`TorchScriptScorer.vein_fractions
+    #: <dvt_search.families.torch_export.TorchScriptScorer.vein_fractions>`)
+    detects_veins: ClassVar[bool] = False
 
     def __init__(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool = True) -> None:
         super().__init__(params, spec)
@@ -101,6 +105,13 @@ class TorchModel(Model):
     def slice_scores(self, outputs: dict[str, Tensor]) -> Tensor:
         """Per-slice DVT probabilities ``[B]``."""
         return torch.sigmoid(outputs["logit"])
+
+    def vein_map(self, outputs: dict[str, Tensor]) -> Tensor | None:
+        """Vein probabilities ``[B, h, w]`` in [0, 1] (per pixel or per patch), or ``None`` without a detector.
+
+        Overridden together with :attr:`detects_veins` by the families that learn where the veins are.
+        """
+        return None
 
     def val_collect(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-batch values for :meth:`val_summarize` (none by default)."""

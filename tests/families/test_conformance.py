@@ -113,6 +113,10 @@ def test_export_then_open_export_scores_like_predict(trained, tmp_path: Path) ->
     if maps is not None:
         size = model.spec.image_size
         assert maps.shape == (2, size, size) and np.all((maps >= 0) & (maps <= 1))
+    veins = scorer.vein_fractions(list(hu[:3]))  # None exactly for the families without a vein detector
+    assert (veins is not None) == getattr(model, "detects_veins", False)
+    if veins is not None:
+        assert veins.shape == (3,) and veins.dtype == np.float64 and np.all((veins >= 0) & (veins <= 1))
 
 
 def test_unknown_param_raises_key_error(family: type[Family], tiny) -> None:
