@@ -41,6 +41,7 @@ from dvt_search.families.base import EpochReport, FitData, Model
 
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
+from .console import epoch_line, trial_logger
 from .setup import TrialContext, datasets, train_worker_cpus
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,14 @@ def run_trial(config: dict[str, Any]) -> None:
         _run_ray_train(config, ctx, trial_id)
         return
     _limit_threads(ctx.needs.cpus)
+    epochs = trial_logger()
     family = families.get(ctx.family)
     store = TrialCheckpoints(ctx.train_storage / trial_id, keep=ctx.config.keep_checkpoints)
     model = _build_or_resume(family, config["params"], ctx, store.latest())
 
     def sink(metrics: dict[str, float], model: Model) -> None:
         path = store.save(model, int(metrics[EPOCH_KEY]), metrics)
+        epochs.info(epoch_line(ctx.family, trial_id, int(metrics[EPOCH_KEY]), ctx.budget, metrics))
         ray.tune.report({**metrics, CHECKPOINT_KEY: str(path)})
 
     device = "cuda" if ctx.needs.gpus > 0 else "cpu"
@@ -133,6 +136,7 @@ def train_worker(config: dict[str, Any]) -> None:
     _quiet_checkpoint_logs()
     _limit_threads(ctx.needs.cpus)
     rank = ray.train.get_context().get_world_rank()
+    trial_name = ray.train.get_context().get_experiment_name()  # the Train run is named after the trial
     family = families.get(ctx.family)
     with tempfile.TemporaryDirectory(prefix="dvt-resume-") as tmp:
         checkpoint = ray.train.get_checkpoint()
@@ -142,10 +146,13 @@ def train_worker(config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
 
+    epochs = trial_logger()
+
     def sink(metrics: dict[str, float], model: Model) -> None:
         if rank != 0:
             ray.train.report({**metrics, **tag}, checkpoint=None)
             return
+        epochs.info(epoch_line(ctx.family, trial_name, int(metrics[EPOCH_KEY]), ctx.budget, metrics))
         with tempfile.TemporaryDirectory(prefix="dvt-ckpt-") as tmp:
             model.save(Path(tmp) / "model")
             ray.train.report(
