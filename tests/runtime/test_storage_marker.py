@@ -89,3 +89,18 @@ def test_trial_on_a_node_without_the_marker_fails_at_once_not_retried(ray_2_cpus
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
     states = [t.state for t in optuna.load_study(study_name="scripted", storage=storage).trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+
+
+def test_a_train_workers_storage_failure_is_recognised_in_trains_error(tmp_path) -> None:
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from dvt_search.runtime.storage import storage_message
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    with pytest.raises(StorageError) as exc:
+        check_marker(_ref(run, "token-the-driver-sent"))
+    worker_text = f"[Rank 1]\nTraceback (most recent call last):\n  ...\nStorageError: {exc.value}\n"
+    failure = WorkerGroupError(worker_text, {1: exc.value})
+    assert storage_message(failure) == str(exc.value)
+    assert storage_message(WorkerGroupError("[Rank 0]\nRuntimeError: CUDA out of memory\n", {})) is None
