@@ -20,6 +20,7 @@ ROOM_CLIS = (
     "dvt_search.data.cli",
     "dvt_search.families.cli",
     "dvt_search.runtime.cli",
+    "dvt_search.rundir.cli",
     "dvt_search.selection.cli",
     "dvt_search.report.cli",
     "dvt_search.deploy.cli",

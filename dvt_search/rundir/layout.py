@@ -8,6 +8,7 @@ module spells a run-directory file name::
     search_spaces/<family>.yaml   snapshot of each searched space
     optuna.journal                Optuna journal storage; one study per family, named after the family
     optuna.journal.torn-*.bak     the journal before a torn last record was dropped (:mod:`.journal`)
+    .dvt-storage-marker           a random token the driver writes once; every trial checks it sees it
     tune/<family>/...             the Ray Tune experiment (what ``--resume`` restores)
     train/<family>/<trial_id>/    the trial's own checkpoint store (a Ray Train run for ray-train trials)
     cache/                        derived artefacts shared by trials (the SIFT descriptor cache)
@@ -54,6 +55,7 @@ LEADERBOARD_CSV = "leaderboard.csv"
 SELECTION_FILE = "selection.json"
 COMPARISON_FILE = "comparison.json"
 TEST_LOG_FILE = "test_evaluations.jsonl"
+STORAGE_MARKER_FILE = ".dvt-storage-marker"
 PREDICTIONS_FILES = {"val": "val_predictions.parquet", "test": "test_predictions.parquet"}
 #: The small top-level files of a finished run (what ``dvt-search pull`` fetches besides trial records).
 SUMMARY_FILES = (
@@ -174,6 +176,28 @@ class RunDir:
             raise ValueError(
                 f"partition must be one of {sorted(PREDICTIONS_FILES)}, got {partition!r}"
             ) from None
+
+    @property
+    def storage_marker(self) -> Path:
+        """The run's storage marker: every trial process checks it reads the driver's token there."""
+        return self.path / STORAGE_MARKER_FILE
+
+    def ensure_storage_marker(self) -> str:
+        """The run's storage-marker token, written (a fresh random one) when the run has none yet."""
+        import uuid
+
+        token = self.read_storage_marker()
+        if token is None:
+            token = f"dvt-search run {self.path.name} {uuid.uuid4().hex}"
+            atomic_write_text(self.storage_marker, token + "\n")
+        return token
+
+    def read_storage_marker(self) -> str | None:
+        """The token in the storage marker (``None`` when there is no marker file)."""
+        try:
+            return self.storage_marker.read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def storage_probe(self) -> Path:
         """A fresh, unique probe file name in the run directory (the shared-storage check writes it)."""

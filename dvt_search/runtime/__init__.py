@@ -12,6 +12,8 @@ Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap)
 * :mod:`.trainable` — the Tune function of every trial; Ray Train DDP for CNN trials when asked.
 * :mod:`.checkpoints` — the per-trial checkpoint store of ``direct`` trials.
 * :mod:`.callbacks` — driver-side records (:class:`dvt_search.rundir.layout.RunDir`) and progress lines.
+* :mod:`.console` — what the processes print: Tune's banners and Optuna's INFO lines held back around each
+  experiment, one log line per finished epoch in trial processes.
 * :mod:`.setup` — the plain-data per-trial settings and the per-process dataset cache.
 * :mod:`.prewarm` — one SIFT descriptor extraction before the SIFT search.
 * :mod:`.cluster` — connecting to Ray (local with a loopback dashboard, or ``--address``), shared-storage

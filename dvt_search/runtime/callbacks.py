@@ -8,6 +8,8 @@ selector reads, with no Ray): ``trial.json`` on start / each result / completion
 ``ray-train`` trials (``TuneReportCallback``). The callback's state (best checkpoint per trial,
 accumulated wall time) is part of Tune's experiment snapshot, so a resumed driver continues it; a trial
 whose record is already final when Tune restarts it (a snapshot older than the records) is left as it is.
+A trial whose node failed the storage check (its one result holds ``storage_error``, :mod:`.storage`) is
+recorded ``failed`` with that message.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from dvt_search.fsutil import atomic_directory
 from dvt_search.rundir import FINAL, RunDir, TrialRecord
 
+from .storage import STORAGE_ERROR_KEY
+
 log = logging.getLogger(__name__)
 
 #: Result key holding the path of the epoch's checkpoint (the key ``TuneReportCallback`` uses too).
@@ -40,6 +44,7 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
     "should_checkpoint",
     "checkpoint_path",
     "train_placement_group",
+    STORAGE_ERROR_KEY,
     "iterations_since_restore",
     "time_since_restore",
 }
@@ -181,6 +186,10 @@ class RecordsCallback(Callback):
         if trial.trial_id in self._final_before:
             return
         self._started.setdefault(trial.trial_id, time.monotonic())
+        if result.get(STORAGE_ERROR_KEY):  # the trial's node does not see the run directory (.storage)
+            self._state.setdefault(trial.trial_id, {})[STORAGE_ERROR_KEY] = str(result[STORAGE_ERROR_KEY])
+            log.error("%s trial %s failed: %s", self.family, trial.trial_id, result[STORAGE_ERROR_KEY])
+            return
         metrics = epoch_metrics(result)
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
         metrics["epoch"] = epoch
@@ -213,6 +222,12 @@ class RecordsCallback(Callback):
         if trial.trial_id in self._final_before:
             return
         rec = self._record(trial)
+        blind = self._state.get(trial.trial_id, {}).get(STORAGE_ERROR_KEY)
+        if blind:  # a clear failure, not retried: the user must fix the node's mount
+            rec.failures += 1
+            self.run.write_trial(rec)
+            self._finish(trial, "failed", error=blind)
+            return
         self._finish(trial, "completed" if rec.epochs >= self.budget else "stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -277,6 +292,7 @@ class ProgressCallback(Callback):
     def _end(self, trial: Any, error: bool) -> None:
         self._running.discard(trial.trial_id)
         epoch = int((trial.last_result or {}).get("epoch", 0))
+        error = error or bool((trial.last_result or {}).get(STORAGE_ERROR_KEY))
         self._ended[trial.trial_id] = (
             "failed" if error else ("completed" if epoch >= self.budget else "stopped")
         )

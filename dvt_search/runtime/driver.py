@@ -68,6 +68,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         print(f"run directory {rd.path}", flush=True)
     cfg = info.config
     fams = list(cfg.families)
+    rd.ensure_storage_marker()  # every trial checks it reads this token before it trains (.storage)
     spaces = {f: load_snapshot(rd.space_file(f), f) for f in fams}
     if ray_info.dashboard_url:
         print(

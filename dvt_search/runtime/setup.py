@@ -1,6 +1,7 @@
 """What every trial of a family needs besides its hyperparameters, derived from the run (plain data, no Ray).
 
 Nothing is copied into the trials: Tune's config of each trial carries only ``{"run_dir", "family"}``
+(plus the run's metric and storage-marker token, :mod:`.storage`)
 (:meth:`TrialContext.ref`), and every process that runs a trial — a Tune trial actor, a Ray Train worker,
 the SIFT pre-warm task — rebuilds the same :class:`TrialContext` from the run's ``run.json`` on the shared
 storage: the frozen :class:`~dvt_search.rundir.config.RunConfig`, the training partition's data spec, and
@@ -92,8 +93,16 @@ class TrialContext:
         return cls.derive(run, str(ref["family"]), info.config, info.state.spec)
 
     def ref(self) -> dict[str, str]:
-        """What travels in each trial's Tune config (``config["run"]``)."""
-        return {"run_dir": str(self.run.path), "family": self.family}
+        """What travels in each trial's Tune config (``config["run"]``); called by the driver.
+
+        Besides the run directory and the family: the run's metric and the token of the run's storage
+        marker as the driver reads it, which every trial process checks first (:mod:`.storage`).
+        """
+        ref = {"run_dir": str(self.run.path), "family": self.family, "metric": self.config.metric}
+        marker = self.run.read_storage_marker()
+        if marker:
+            ref["marker"] = marker
+        return ref
 
     # --- paths and settings the trial uses ----------------------------------------------------------------------
     @property

@@ -20,6 +20,9 @@ Two ways to train a torch family:
 Classic families (SIFT-BoW-SVM) always run ``direct`` on CPUs: one "epoch", descriptors read from the
 shared cache the driver pre-warmed.
 
+Every trial process first checks it sees the run directory the driver wrote (:mod:`.storage`); a node
+that does not ends the trial at once as ``failed`` with a message naming the node and the path.
+
 A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
 driver killed before Tune's next experiment snapshot restores it as unfinished.
 """
@@ -41,7 +44,9 @@ from dvt_search.families.base import EpochReport, FitData, Model
 
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
+from .console import epoch_line, trial_logger
 from .setup import TrialContext, datasets, train_worker_cpus
+from .storage import StorageError, check_marker, failure_result, storage_message
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,12 @@ def _quiet_checkpoint_logs() -> None:
     """Ray logs one INFO line per persisted checkpoint (every epoch of every trial); keep warnings only."""
     for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _report_blind(message: str, ref: dict[str, Any]) -> None:
+    """End the trial at once with the storage failure as its one result (not retried: see :mod:`.storage`)."""
+    log.error("%s", message)
+    ray.tune.report(failure_result(message, str(ref.get("metric", "val_auc"))))
 
 
 def _build_or_resume(
@@ -98,7 +109,13 @@ def _epoch_callback(sink: EpochSink):
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of every family (``config = {"params", "optuna_number", "run"}``)."""
-    ctx = TrialContext.load(config["run"])
+    ref = config["run"]
+    try:
+        check_marker(ref)  # before anything else of the run is read from the storage
+    except StorageError as exc:
+        _report_blind(str(exc), ref)
+        return
+    ctx = TrialContext.load(ref)
     _quiet_checkpoint_logs()
     trial_id = ray.tune.get_context().get_trial_id()
     final = ctx.run.read_trial(ctx.family, trial_id)
@@ -109,15 +126,23 @@ def run_trial(config: dict[str, Any]) -> None:
         ray.tune.report({**final.last, EPOCH_KEY: final.epochs})
         return
     if ctx.ray_train:
-        _run_ray_train(config, ctx, trial_id)
+        try:
+            _run_ray_train(config, ctx, trial_id)
+        except Exception as exc:
+            message = storage_message(exc)  # a Train worker on a node without the storage
+            if message is None:
+                raise
+            _report_blind(message, ref)
         return
     _limit_threads(ctx.needs.cpus)
+    epochs = trial_logger()
     family = families.get(ctx.family)
     store = TrialCheckpoints(ctx.train_storage / trial_id, keep=ctx.config.keep_checkpoints)
     model = _build_or_resume(family, config["params"], ctx, store.latest())
 
     def sink(metrics: dict[str, float], model: Model) -> None:
         path = store.save(model, int(metrics[EPOCH_KEY]), metrics)
+        epochs.info(epoch_line(ctx.family, trial_id, int(metrics[EPOCH_KEY]), ctx.budget, metrics))
         ray.tune.report({**metrics, CHECKPOINT_KEY: str(path)})
 
     device = "cuda" if ctx.needs.gpus > 0 else "cpu"
@@ -129,10 +154,12 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    check_marker(config["run"])  # raises StorageError: the trial reports it (run_trial)
     ctx = TrialContext.load(config["run"])
     _quiet_checkpoint_logs()
     _limit_threads(ctx.needs.cpus)
     rank = ray.train.get_context().get_world_rank()
+    trial_name = ray.train.get_context().get_experiment_name()  # the Train run is named after the trial
     family = families.get(ctx.family)
     with tempfile.TemporaryDirectory(prefix="dvt-resume-") as tmp:
         checkpoint = ray.train.get_checkpoint()
@@ -142,10 +169,13 @@ def train_worker(config: dict[str, Any]) -> None:
     group = ray.util.get_current_placement_group()
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
 
+    epochs = trial_logger()
+
     def sink(metrics: dict[str, float], model: Model) -> None:
         if rank != 0:
             ray.train.report({**metrics, **tag}, checkpoint=None)
             return
+        epochs.info(epoch_line(ctx.family, trial_name, int(metrics[EPOCH_KEY]), ctx.budget, metrics))
         with tempfile.TemporaryDirectory(prefix="dvt-ckpt-") as tmp:
             model.save(Path(tmp) / "model")
             ray.train.report(

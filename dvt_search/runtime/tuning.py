@@ -39,6 +39,7 @@ from dvt_search.rundir.config import SchedulerConfig
 from dvt_search.search.space import SearchSpace
 
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
+from .console import quiet_libraries
 from .searcher import OptunaStudySearcher, close_unfinished
 from .setup import DRIVER_CPU, TrialContext
 from .trainable import run_trial
@@ -212,8 +213,9 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
                 verbose=0,
             ),
         )
-    results = tuner.fit()
-    closed = close_unfinished(journal, family)
+    with quiet_libraries():  # Tune's banners and Optuna's INFO lines stay off the terminal (.console)
+        results = tuner.fit()
+        closed = close_unfinished(journal, family)
     if closed:
         log.info("%s: %d failed trial(s) marked FAIL in the Optuna study", family, closed)
     return results

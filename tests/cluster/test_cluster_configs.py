@@ -220,3 +220,54 @@ def test_dockerfile_matches_the_installed_ray_and_copies_existing_paths() -> Non
             sources = [part for part in line.split()[1:-1] if not part.startswith("--")]
             for source in sources:
                 assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def test_cloud_config_is_least_privilege_and_encrypted() -> None:
+    config = committed("cluster.yaml")
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]["node_config"]
+    workers = [t["node_config"] for name, t in types.items() if name != config["head_node_type"]]
+    # Own profiles on every node: without one on the head `ray up` creates Ray's default role with
+    # AmazonEC2FullAccess + AmazonS3FullAccess.
+    assert head["IamInstanceProfile"] == {"Arn": "REPLACE_ME_HEAD_PROFILE_ARN"}
+    assert all(w["IamInstanceProfile"] == {"Arn": "REPLACE_ME_WORKER_PROFILE_ARN"} for w in workers)
+    # Own security group (Ray's default one opens SSH to 0.0.0.0/0), every EBS volume encrypted.
+    nodes = [head, *workers]
+    assert all(n["SecurityGroupIds"] == ["REPLACE_ME_SECURITY_GROUP_ID"] for n in nodes)
+    volumes = [m["Ebs"] for n in nodes for m in n["BlockDeviceMappings"]]
+    assert volumes and all(v.get("Encrypted") is True for v in volumes)
+
+
+def _actions(policy: dict[str, Any]) -> list[str]:
+    out = []
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        out += [st["Action"]] if isinstance(st["Action"], str) else st["Action"]
+    return out
+
+
+def test_iam_policies_grant_no_broad_access() -> None:
+    import json
+
+    iam = CLUSTER_DIR / "iam"
+    head = json.loads((iam / "head-policy.json").read_text())
+    worker = json.loads((iam / "worker-policy.json").read_text())
+    trust = json.loads((iam / "ec2-trust.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    head_actions, worker_actions = _actions(head), _actions(worker)
+    assert not [
+        a for a in head_actions + worker_actions if a == "*" or a.endswith(":*") or a.startswith("s3:")
+    ]
+    assert not [a for a in worker_actions if a.startswith(("ec2:", "iam:"))]
+    # the head may terminate only this cluster's nodes and pass only the workers' role
+    terminate = next(s for s in head["Statement"] if "ec2:TerminateInstances" in s["Action"])
+    tag = terminate["Condition"]["StringEquals"]["ec2:ResourceTag/ray-cluster-name"]
+    assert tag == committed("cluster.yaml")["cluster_name"]
+    (passrole,) = [s for s in head["Statement"] if s["Action"] == "iam:PassRole"]
+    assert passrole["Resource"].endswith(":role/dvt-search-worker")
+    # every field to fill in them is explained in cluster/README.md
+    readme = (CLUSTER_DIR / "README.md").read_text()
+    fields = set(
+        FIELD.findall((iam / "head-policy.json").read_text() + (iam / "worker-policy.json").read_text())
+    )
+    assert fields and all(f in readme for f in fields)
