@@ -216,7 +216,8 @@ class OptunaStudySearcher(Searcher):
                 trial_id,
                 frozen.number,
             )
-        elif len(trials) >= self.num_samples:
+        elif sum(t.state != TrialState.WAITING for t in trials) >= self.num_samples:
+            # an enqueued (WAITING) trial is not one of the samples yet: ask() below starts it
             return Searcher.FINISHED
         else:
             trial = study.ask()

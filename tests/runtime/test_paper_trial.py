@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import dvt_test_plugins  # noqa: F401  (registers the test families)
 import optuna
+import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from dvt_search.runtime.searcher import PAPER_ATTR, OptunaStudySearcher, family_seed, open_study
@@ -40,6 +41,16 @@ def test_paper_configuration_is_the_first_trial_with_values_outside_the_space_ru
     trial0 = open_study(tmp_path / "j", "vgg16").trials[0]
     assert trial0.user_attrs[PAPER_ATTR] is True
     assert "weight_decay" not in trial0.params and trial0.params["lr"] == 1e-3  # Optuna holds what it can
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_enqueued_paper_trial_counts_as_one_of_the_samples(tmp_path, n: int) -> None:
+    """A study of n samples runs exactly n trials, the paper trial first (n = 1: only it)."""
+    s = _searcher(tmp_path / "j", parse_space(SPACE), n=n)
+    configs = [s.suggest(f"t{i}") for i in range(n + 1)]
+    assert configs[0]["paper_config"] is True
+    assert all(isinstance(c, dict) for c in configs[:n]) and configs[n] == s.FINISHED
+    assert len(open_study(tmp_path / "j", "scripted").trials) == n
 
 
 def test_resume_never_enqueues_the_paper_trial_twice(tmp_path) -> None:
