@@ -35,6 +35,19 @@ if os.environ["RAY_AUTH_MODE"] == "token":
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Shut down a Ray instance a test module left running before the interpreter exits.
+
+    Module-scoped Ray fixtures share one instance across modules and leave it up at the end; tearing it
+    down here, while pytest still runs, keeps Ray's worker threads out of the interpreter's own shutdown.
+    """
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch
