@@ -61,6 +61,9 @@ class CompactSlices(Dataset):
         patches: the device transform derives the 32x32-block patch targets (needs ``with_mask``).
     """
 
+    #: ``set_epoch`` reaches persistent DataLoader workers (the epoch is in shared memory)
+    epoch_is_shared = True
+
     def __init__(self, base: SliceDataset, *, with_mask: bool, patches: bool = False) -> None:
         if patches and not with_mask:
             raise ValueError("patch targets are derived from the mask: patches=True needs with_mask=True")
