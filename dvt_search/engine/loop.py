@@ -326,7 +326,7 @@ def fit(
         module.to(memory_format=torch.channels_last)
     train_model = prepare_model(module) if prepare_model is not None else module
     bare = unwrap(train_model)
-    optimizer, scheduler = build_optimizer(bare, cfg)
+    optimizer, scheduler = build_optimizer(bare, cfg, start_epoch=0 if train_state else start_epoch)
     if train_state:
         optimizer.load_state_dict(train_state["optimizer"])
         scheduler.load_state_dict(train_state["scheduler"])

@@ -290,6 +290,7 @@ class TorchFamily(Family):
     kind: ClassVar[str] = "torch"
     trains_by_epoch: ClassVar[bool] = True
     model_cls: ClassVar[type[TorchModel]]
+    training_only_files: ClassVar[frozenset[str]] = TorchModel.training_only_files
 
     @classmethod
     def trial_needs(
