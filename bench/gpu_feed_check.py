@@ -13,7 +13,7 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
     Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process).
 
 No Ray or Optuna needed (torch + torchvision + this package). ``--quick`` is the one short GPU call (2
-timed epochs, a small store); ``--dry-run`` runs every step on the CPU at 64^2 in well under a minute (a
+timed epochs, a small store); ``--dry-run`` runs every step on the CPU at 32^2 in under a minute (a
 smoke test of this script, not a measurement).
 
     python bench/gpu_feed_check.py --quick [--families vgg16,densenet161,multitask_unet,patch_resnet50]
@@ -43,7 +43,8 @@ def make_store(root: Path, size: int, patients: int, slices: int) -> Path:
     return generate(root / "ph", patients=patients, seed=0, size=size, slices_per_scan=slices, preset="easy")
 
 
-def datasets(manifest: Path, size: int) -> tuple[Any, Any, Any]:
+def datasets(manifest: Path, size: int, limit: int = 0) -> tuple[Any, Any, Any]:
+    """Train/val slice datasets of the store (patient-disjoint); ``limit`` > 0 caps each (dry runs)."""
     from dvt_search.data.dataset import SliceDataset, spec_for
     from dvt_search.data.schema import manifest_root, read_manifest
 
@@ -51,8 +52,11 @@ def datasets(manifest: Path, size: int) -> tuple[Any, Any, Any]:
     patients = sorted(df["patient_id"].unique())
     val_ids = set(patients[-max(1, len(patients) // 4) :])
     root = manifest_root(manifest)
-    train = SliceDataset(df[~df["patient_id"].isin(val_ids)], root, size=size)
-    val = SliceDataset(df[df["patient_id"].isin(val_ids)], root, size=size)
+    train_rows, val_rows = df[~df["patient_id"].isin(val_ids)], df[df["patient_id"].isin(val_ids)]
+    if limit > 0:
+        train_rows, val_rows = train_rows.head(limit), val_rows.head(max(2, limit // 2))
+    train = SliceDataset(train_rows, root, size=size)
+    val = SliceDataset(val_rows, root, size=size)
     return train, val, spec_for(train)
 
 
@@ -97,12 +101,18 @@ def synthetic_img_s(name: str, spec: Any, batch: int, device: str, steps: int) -
     return batch * steps / (time.perf_counter() - t0)
 
 
-def real_img_s(name: str, manifest: str, size: int, batch: int, device: str, epochs: int, workers: int):
+def real_img_s(
+    name: str, manifest: str, size: int, batch: int, device: str, epochs: int, workers: int, limit: int = 0
+):
     """Steady img/s of a real fit (median of epochs 2..) and the epochs' figures."""
+    import torch
+
     from dvt_search import families
     from dvt_search.families.base import FitData
 
-    train, val, spec = datasets(Path(manifest), size)
+    if device == "cpu":
+        torch.set_num_threads(1)
+    train, val, spec = datasets(Path(manifest), size, limit)
     model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
     reports = model.fit(FitData(train=train, val=val, num_workers=workers), epochs, device=device)
     values = [r.metrics["img_per_s"] for r in reports]
@@ -135,7 +145,7 @@ def packed_img_s(n: int, args: tuple) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the short GPU call: 2 timed epochs, small store")
-    p.add_argument("--dry-run", action="store_true", help="CPU smoke run at 64^2 (not a measurement)")
+    p.add_argument("--dry-run", action="store_true", help="CPU smoke run at 32^2 (not a measurement)")
     p.add_argument("--families", default=TORCH_FAMILIES)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=32)
@@ -154,22 +164,23 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
     if args.dry_run:
-        args.size, args.batch, args.pack_batch, args.epochs = 64, 4, 4, 2
-        args.patients, args.slices, args.steps, args.loader_workers, args.pack = 4, 4, 2, 1, 2
-        args.families = "vgg16,multitask_unet"
-        PARAMS["vgg16"] = {"head": "gap"}
+        torch.set_num_threads(1)
+        args.size, args.batch, args.pack_batch, args.epochs = 32, 4, 4, 1
+        args.patients, args.slices, args.steps, args.loader_workers, args.pack = 2, 4, 2, 1, 2
+        args.families = args.pack_family = "patch_resnet50"  # the fastest on a CPU; mask + patch path
     elif args.quick:
         args.epochs, args.patients, args.slices, args.steps = 3, 4, 32, 12
     elif device == "cpu":
         print("no CUDA device: use --dry-run for a CPU smoke run", file=sys.stderr)
         return 2
     skip = set(filter(None, args.skip.split(",")))
+    limit = 8 if args.dry_run else 0
     out: dict[str, Any] = {"device": device, "size": args.size, "batch": args.batch, "families": {}}
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="gpu-feed-") as tmp:
         manifest = make_store(Path(tmp), args.size, args.patients, args.slices)
-        _, _, spec = datasets(manifest, args.size)
+        _, _, spec = datasets(manifest, args.size, limit)
         print(
             f"{device} {out.get('gpu', '')}: {args.size}^2, batch {args.batch}, {args.loader_workers} workers"
         )
@@ -180,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                 row["synthetic"] = synthetic_img_s(name, spec, args.batch, device, args.steps)
             if "real" not in skip:
                 row["real"], row["real_epochs"] = real_img_s(
-                    name, str(manifest), args.size, args.batch, device, args.epochs, args.loader_workers
+                    name,
+                    str(manifest),
+                    args.size,
+                    args.batch,
+                    device,
+                    args.epochs,
+                    args.loader_workers,
+                    limit,
                 )
             if "synthetic" in row and "real" in row:
                 row["ratio"] = row["real"] / row["synthetic"]
@@ -199,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 args.epochs,
                 max(1, args.loader_workers // args.pack),
+                limit,
             )
             alone = packed_img_s(1, job)
             packed = packed_img_s(args.pack, job)
