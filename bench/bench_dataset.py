@@ -7,11 +7,20 @@ Rows of the table:
 * dataset items (image + mask read, resize, windowing, patch targets, tensors) at 512^2 and 256^2, with one
   and three HU windows, with and without the full augmentation (flip, rotation, zoom, shift, jitter, noise).
 
+* loader items/s per core, before -> after: the float32 reference item (``old_item``: what training
+  workers shipped before, image + mask + patches) versus the compact item workers ship now
+  (:class:`~dvt_search.data.compact.CompactSlices`: int16 HU, uint8 mask only for mask families,
+  augmentation draws), both windowed/augmented as configured;
+* per family at 512^2, batch 32 (``--feed``): bytes per sample and main-process CPU per batch through a
+  real 2-worker DataLoader (receiving the batch from the worker + one copy standing in for pinning; no
+  CUDA here, so the copy is what ``pin_memory`` would cost), before -> after. The device transform's own
+  cost on CPU tensors is printed beside it (on a GPU it runs as kernels, not main-process CPU).
+
 Volumes are synthetic CT-like thigh sections written to a temp dir (so the page cache is warm: this
 measures CPU cost, not disk). ``torch`` and OpenCV are pinned to one thread; items/s per core comes from
 process CPU time (robust to other load on the machine), wall time is printed beside it. Figures only.
 
-    .venv/bin/python bench/bench_dataset.py [--scans 4] [--slices-per-scan 32] [--items 256]
+    .venv/bin/python bench/bench_dataset.py [--scans 4] [--slices-per-scan 32] [--items 256] [--feed-batches 6]
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from dvt_search.data.augment import Augment
+from dvt_search.data.compact import CompactSlices
 from dvt_search.data.dataset import SliceDataset
 from dvt_search.data.io import clear_cache, load_slice
 from dvt_search.data.schema import patches_from_mask
@@ -103,11 +114,88 @@ def per_item_ms(fn: Callable[[int], object], n: int, total: int) -> tuple[float,
     return (time.process_time() - c0) * 1000.0 / n, (time.perf_counter() - t0) * 1000.0 / n
 
 
+#: Family -> (ships a mask, derives patch targets): the families' ``batch_targets`` at 0.2.
+FAMILIES = {
+    "vgg16": (False, False),
+    "densenet161": (False, False),
+    "multitask_unet": (True, False),
+    "patch_resnet50": (True, True),
+}
+
+
+def old_item(ds: SliceDataset, i: int) -> dict[str, torch.Tensor]:
+    """Before: the float32 reference item every training worker shipped (image, mask, patches, label)."""
+    return ds[i]
+
+
+class OldItems(torch.utils.data.Dataset):
+    """The "before" training dataset: :func:`old_item` of every row."""
+
+    def __init__(self, ds: SliceDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return old_item(self.ds, i)
+
+
+def item_bytes(item: dict[str, torch.Tensor]) -> int:
+    return sum(v.numel() * v.element_size() for v in item.values())
+
+
+def main_process_ms(dataset: torch.utils.data.Dataset, batches: int, batch: int) -> float:
+    """Main-process CPU ms per batch: receive from 2 workers + one copy (stand-in for pinning)."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=2, shuffle=False, prefetch_factor=2)
+    it = iter(loader)
+    next(it)  # workers started and warm
+    total = 0.0
+    for _ in range(batches):
+        c0 = time.process_time()
+        b = next(it)
+        b = {k: v.clone() for k, v in b.items()}
+        total += time.process_time() - c0
+    del it
+    return total * 1000.0 / batches
+
+
+def feed_rows(df: pd.DataFrame, root: Path, batches: int, batch: int) -> list[str]:
+    """Per family at 512^2, batch 32: bytes/sample and main-process ms/batch, before -> after."""
+    lines = [
+        f"per family, 512^2, batch {batch}, 1 window, augmented, 2 loader workers ({batches} timed batches)",
+        f"{'family':<16}{'B/sample before':>16}{'after':>10}{'ratio':>7}"
+        f"{'main ms/batch before':>22}{'after':>8}{'ratio':>7}{'device tf ms (CPU)':>20}",
+    ]
+    need = batches + 2
+    sub = df.iloc[np.arange(need * batch) % len(df)].reset_index(drop=True)
+    ds = SliceDataset(sub, root, size=512, windows=((40, 400),), augment=FULL_AUG, seed=0)
+    before_ms = main_process_ms(OldItems(ds), batches, batch)
+    before_b = item_bytes(old_item(ds, 0))
+    for fam, (mask, patches) in FAMILIES.items():
+        compact = CompactSlices(ds, with_mask=mask, patches=patches)
+        after_ms = main_process_ms(compact, batches, batch)
+        after_b = item_bytes(compact[0])
+        raw = torch.utils.data.default_collate([compact[i] for i in range(batch)])
+        compact.batch_transform(raw)
+        c0 = time.process_time()
+        compact.batch_transform(raw)
+        tf_ms = (time.process_time() - c0) * 1000.0
+        lines.append(
+            f"{fam:<16}{before_b:>16,}{after_b:>10,}{before_b / after_b:>7.1f}"
+            f"{before_ms:>22.2f}{after_ms:>8.2f}{before_ms / max(after_ms, 1e-6):>7.1f}{tf_ms:>20.1f}"
+        )
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=4)
     ap.add_argument("--slices-per-scan", type=int, default=32)
     ap.add_argument("--items", type=int, default=256, help="timed items per row")
+    ap.add_argument(
+        "--feed-batches", type=int, default=6, help="timed batches of 32 per family row (0 = skip)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -135,15 +223,29 @@ def main() -> None:
             ("256 (resized), 1 window", 256, ((40, 400),), None),
             ("256 (resized), 1 window, augmented", 256, ((40, 400),), FULL_AUG),
         ]
+        pairs = []
         for name, size, windows, aug in configs:
             ds = SliceDataset(df, root, size=size, windows=windows, augment=aug, seed=0)
-            results.append((f"dataset item {name}", per_item_ms(ds.__getitem__, args.items, n)))
+            before = per_item_ms(lambda i, ds=ds: old_item(ds, i), args.items, n)
+            results.append((f"dataset item {name}", before))
+            compact = CompactSlices(ds, with_mask=True)
+            after = per_item_ms(compact.__getitem__, args.items, n)
+            results.append((f"compact item (+mask) {name}", after))
+            pairs.append((name, before[0], after[0]))
+        feed = feed_rows(df, root, args.feed_batches, 32) if args.feed_batches > 0 else []
     print(
         f"one core, {n} slices of {SIDE}^2 in {args.scans} int16 .npy volumes, {args.items} timed items per row"
     )
     print(f"{'what':<48}{'cpu ms':>9}{'items/s/core':>14}{'wall ms':>9}")
     for name, (cpu, wall) in results:
         print(f"{name:<48}{cpu:>9.3f}{1000.0 / cpu:>14.0f}{wall:>9.3f}")
+    print()
+    print(f"{'loader items/s per core (mask shipped)':<48}{'before':>9}{'after':>9}{'ratio':>7}")
+    for name, b, a in pairs:
+        print(f"{name:<48}{1000.0 / b:>9.0f}{1000.0 / a:>9.0f}{b / a:>7.1f}")
+    if feed:
+        print()
+        print("\n".join(feed))
 
 
 if __name__ == "__main__":

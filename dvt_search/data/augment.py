@@ -30,7 +30,7 @@ BORDER_HU = -1000.0
 _NOISE_BANKS: dict[tuple[int, int], np.ndarray] = {}
 
 
-def _noise_bank(height: int, width: int) -> np.ndarray:
+def noise_bank(height: int, width: int) -> np.ndarray:
     """A fixed ``[2h, 2w]`` standard-normal field, made once per process and shape (not pickled)."""
     bank = _NOISE_BANKS.get((height, width))
     if bank is None:
@@ -128,13 +128,24 @@ class Augment:
         offset = np.array([cx + tx, cy + ty]) - linear @ np.array([cx, cy])
         return np.hstack([linear, offset[:, None]])
 
+    def draw(self, rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, tuple]:
+        """Every random value of one sample: the affine :meth:`matrix` and ``(shift, noise_sign, oy, ox)``.
+
+        ``shift`` and ``noise_sign`` are uniform in [0, 1) (intensity offset and noise sign), ``oy``/``ox``
+        the noise window's corner in the noise bank. :meth:`__call__` and the batch-wise device path
+        (:mod:`.device_transform`) both use these draws, so a sample is augmented alike on either path.
+        """
+        m = self.matrix(rng, height, width)
+        shift, noise_sign = rng.random(), rng.random()
+        oy, ox = rng.integers(height + 1), rng.integers(width + 1)
+        return m, (float(shift), float(noise_sign), int(oy), int(ox))
+
     def __call__(
         self, hu: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         """Augment a float32 HU slice and its uint8 0/1 mask (same 2D shape); returns new arrays."""
         h, w = hu.shape
-        m = self.matrix(rng, h, w)
-        shift, noise_sign, oy, ox = rng.random(), rng.random(), rng.integers(h + 1), rng.integers(w + 1)
+        m, (shift, noise_sign, oy, ox) = self.draw(rng, h, w)
         out = np.ascontiguousarray(hu, dtype=np.float32)
         if self.is_geometric:
             out = cv2.warpAffine(
@@ -154,5 +165,5 @@ class Augment:
             out += np.float32((2.0 * shift - 1.0) * self.intensity_jitter_hu)
         if self.noise_sd_hu > 0:
             sd = np.float32(self.noise_sd_hu if noise_sign < 0.5 else -self.noise_sd_hu)
-            out += _noise_bank(h, w)[oy : oy + h, ox : ox + w] * sd
+            out += noise_bank(h, w)[oy : oy + h, ox : ox + w] * sd
         return out, mask

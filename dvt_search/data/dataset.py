@@ -13,7 +13,9 @@ max-pool), so a 2-3 pixel wide vein never vanishes at 64^2 or 128^2; enlarging u
 The dataset holds only paths, indices and the manifest rows (no open files), so it pickles into DataLoader
 workers; memory maps are opened lazily per process. Call :meth:`SliceDataset.set_epoch` before each epoch
 to vary augmentation deterministically (with ``persistent_workers=True`` workers keep their own copy, so
-rebuild the loader or leave persistence off when augmenting).
+rebuild the loader or leave persistence off when augmenting; :class:`~.compact.CompactSlices`, the
+compact view torch families train on, keeps its epoch in shared memory instead). Items here are the CPU
+reference that prediction, evaluation and deployment read.
 """
 
 from __future__ import annotations

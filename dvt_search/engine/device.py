@@ -39,6 +39,11 @@ def _worker_init(worker_id: int) -> None:
     random.seed(s)
 
 
+def shares_epoch(dataset: Dataset) -> bool:
+    """Whether persistent workers may keep ``dataset``: it has no epoch, or its epoch is in shared memory."""
+    return not hasattr(dataset, "set_epoch") or bool(getattr(dataset, "epoch_is_shared", False))
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -47,11 +52,15 @@ def make_loader(
     generator: torch.Generator | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent: bool = False,
 ) -> DataLoader:
     """A deterministic DataLoader: shuffling and worker seeds come from ``generator`` only.
 
-    Workers are not persistent, so ``dataset.set_epoch`` before each epoch reaches them.
+    With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
+    allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they
+    are started afresh each epoch, so a plain ``set_epoch`` does.
     """
+    keep = persistent and num_workers > 0 and shares_epoch(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -61,6 +70,7 @@ def make_loader(
         pin_memory=pin_memory,
         drop_last=False,
         worker_init_fn=_worker_init if num_workers else None,
+        persistent_workers=keep,
     )
 
 

@@ -6,6 +6,15 @@ group is already initialised: to sum the training loss over ranks and to give ev
 BatchNorm buffers before validation. Validation always runs on the full, unsharded validation set on
 every rank with the bare (unwrapped) module, so all ranks report identical validation metrics.
 
+A dataset may carry a ``batch_transform`` (:data:`BatchTransform`): the loop applies it to every batch
+right after moving it to the device (:mod:`dvt_search.data.compact` ships compact int16 batches that
+:mod:`dvt_search.data.device_transform` windows, resizes and augments there).
+
+Loader workers (``cfg.num_workers``) persist for the whole ``fit`` when the dataset's epoch reaches them
+(:func:`~.device.shares_epoch`; the compact view keeps it in shared memory); the validation loader is
+built once per ``fit``. (Ray's ``prepare_data_loader`` rebuilds the training loader without
+``persistent_workers``: under DDP its workers start each epoch, which stays correct.)
+
 Per-epoch metrics (floats): ``train_loss`` and ``train_loss_<part>``, ``val_loss`` and
 ``val_loss_<part>``, ``val_auc``, ``val_precision``, ``val_recall`` at ``val_threshold`` (maximal Youden
 J on the validation set), the task's extras as ``val_<name>``, ``lr``, ``wall_s`` (the whole epoch) and
@@ -45,6 +54,8 @@ Outputs = dict[str, Tensor]
 Batch = dict[str, Any]
 #: Called after every epoch with (epoch counted from 1, metrics, train_state); ``True`` stops training.
 EpochHook = Callable[[int, dict[str, float], dict[str, Any]], "bool | None"]
+#: Finishes a batch on its device (e.g. :class:`dvt_search.data.device_transform.DeviceTransform`).
+BatchTransform = Callable[[Batch], Batch]
 
 
 class TrainTask(Protocol):
@@ -69,6 +80,24 @@ class TrainTask(Protocol):
 
 def _as_float(outputs: Outputs) -> Outputs:
     return {k: v.float() for k, v in outputs.items()}
+
+
+def batch_transform_of(dataset: Any) -> BatchTransform | None:
+    """The dataset's on-device batch finish (``dataset.batch_transform``), or ``None``."""
+    return getattr(dataset, "batch_transform", None)
+
+
+def prepare_batch(
+    raw: Batch, device: torch.device, channels_last: bool, transform: BatchTransform | None
+) -> Batch:
+    """Move ``raw`` to ``device``, apply the dataset's batch transform there, make the image NHWC if asked."""
+    batch = to_device(raw, device, channels_last)
+    if transform is None:
+        return batch
+    batch = transform(batch)
+    if channels_last:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 def _check_finite(pending: list[Tensor], last_batch: int, epoch: int, parts: Mapping[str, Tensor]) -> None:
@@ -138,8 +167,9 @@ def _train_epoch(
         if len(pending) >= sync_every:
             _check_finite(pending, b, epoch, parts)
 
+    transform = batch_transform_of(loader.dataset)
     for b, raw in enumerate(loader):  # noqa: B007 (``guard`` reads ``b``)
-        batch = to_device(raw, device, cl)
+        batch = prepare_batch(raw, device, cl, transform)
         bs = int(batch["image"].shape[0])
         loss, parts = train_step(
             model, task, batch, optimizer, device=device, amp=amp, grad_clip=cfg.grad_clip, check=guard
@@ -163,6 +193,18 @@ def _train_epoch(
     return metrics, count
 
 
+def eval_loader(dataset: Dataset, cfg: LoopConfig, device: torch.device, *, persistent: bool = False):
+    """The unshuffled inference loader of ``dataset`` (``persistent``: workers kept between passes)."""
+    return make_loader(
+        dataset,
+        cfg.eval_batch,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent=persistent,
+    )
+
+
 @torch.inference_mode()
 def run_inference(
     module: nn.Module,
@@ -172,21 +214,26 @@ def run_inference(
     device: torch.device,
     *,
     with_loss: bool,
+    loader: DataLoader | None = None,
 ) -> dict[str, Any]:
-    """Scores (and, with ``with_loss``, labels, mean loss parts and collected extras) over ``dataset``."""
+    """Scores (and, with ``with_loss``, labels, mean loss parts and collected extras) over ``dataset``.
+
+    ``loader`` is a loader of ``dataset`` built earlier (:func:`eval_loader`; ``fit`` keeps one for every
+    validation); without it one is built for this call.
+    """
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     cl = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    loader = make_loader(
-        dataset, cfg.eval_batch, shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
-    )
+    if loader is None:
+        loader = eval_loader(dataset, cfg, device)
     module.eval()
     scores: list[Tensor] = []
     labels: list[Tensor] = []
     sums: dict[str, float] = {}
     collected: dict[str, list[Tensor]] = {}
     n = 0
+    transform = batch_transform_of(dataset)
     for raw in loader:
-        batch = to_device(raw, device, cl)
+        batch = prepare_batch(raw, device, cl, transform)
         with autocast(device, amp):
             outputs = module(batch["image"])
         outputs = _as_float(outputs)
@@ -218,9 +265,10 @@ def evaluate(
     cfg: LoopConfig,
     device: torch.device,
     prefix: str = "val_",
+    loader: DataLoader | None = None,
 ) -> dict[str, float]:
     """Loss, AUC, precision/recall at the Youden threshold and the task's extras on ``dataset``."""
-    out = run_inference(module, task, dataset, cfg, device, with_loss=True)
+    out = run_inference(module, task, dataset, cfg, device, with_loss=True, loader=loader)
     metrics = {f"{prefix}{k}": v for k, v in out["losses"].items()}
     cls = classification_metrics(out["labels"], out["scores"])
     metrics.update({f"{prefix}{k}": v for k, v in cls.items()})
@@ -278,7 +326,7 @@ def fit(
         module.to(memory_format=torch.channels_last)
     train_model = prepare_model(module) if prepare_model is not None else module
     bare = unwrap(train_model)
-    optimizer, scheduler = build_optimizer(bare, cfg)
+    optimizer, scheduler = build_optimizer(bare, cfg, start_epoch=0 if train_state else start_epoch)
     if train_state:
         optimizer.load_state_dict(train_state["optimizer"])
         scheduler.load_state_dict(train_state["scheduler"])
@@ -291,9 +339,11 @@ def fit(
         generator=generator,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
+        persistent=True,
     )
     if prepare_loader is not None:
         loader = prepare_loader(loader)
+    val_loader = eval_loader(val_ds, cfg, device, persistent=True)  # one for every validation
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         seed_all(epoch_seed(cfg.seed, epoch) + rank)
@@ -307,7 +357,7 @@ def fit(
         train_s = time.perf_counter() - t0
         scheduler.step()
         _sync_buffers(bare)
-        metrics.update(evaluate(bare, task, val_ds, cfg, device))
+        metrics.update(evaluate(bare, task, val_ds, cfg, device, loader=val_loader))
         metrics.update(lr=lr, wall_s=time.perf_counter() - t0, img_per_s=count / max(train_s, 1e-9))
         if is_main:
             log.info(

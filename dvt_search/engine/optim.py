@@ -101,9 +101,12 @@ def lr_factor(epoch: int, cfg: LoopConfig) -> float:
 
 
 def build_optimizer(
-    module: nn.Module, cfg: LoopConfig
+    module: nn.Module, cfg: LoopConfig, start_epoch: int = 0
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam over the trainable parameters and the epoch-wise schedule of ``cfg``.
+    """Adam over the trainable parameters and the epoch-wise schedule of ``cfg``, placed at ``start_epoch``.
+
+    ``start_epoch`` matters when no saved optimizer/scheduler state follows (a resume from a weights-only
+    checkpoint): the learning rate is then the schedule's value at that epoch, not at epoch 0.
 
     The multi-tensor (``foreach``) Adam is used on the CPU (about a third faster than the per-tensor
     default there) and the fused kernel on CUDA; all keep the same state format.
@@ -117,5 +120,9 @@ def build_optimizer(
         foreach=None if on_cuda else True,
         fused=on_cuda or None,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: lr_factor(e, cfg), last_epoch=int(start_epoch) - 1
+    )
     return optimizer, scheduler

@@ -221,6 +221,9 @@ class Family(ABC):
     #: Whether the family trains epoch by epoch (an epoch budget the scheduler can stop early, checkpoints
     #: every epoch, a fresh process per trial) rather than in one shot.
     trains_by_epoch: ClassVar[bool] = False
+    #: Checkpoint files of this family's models needed only to resume training (``Model.training_only_files``;
+    #: left out of the run records' checkpoint copies and of exports).
+    training_only_files: ClassVar[frozenset[str]] = frozenset()
 
     # ----------------------------------------------------------------- what a trial needs
     @classmethod

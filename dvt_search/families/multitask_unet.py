@@ -108,6 +108,7 @@ class MultitaskUNetModel(TorchModel):
     family = "multitask_unet"
     needs_multiple_of_32 = True
     detects_veins = True
+    batch_targets = frozenset({"mask"})
 
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         self.a = check_range(params, "a", 0.0, 1.0)

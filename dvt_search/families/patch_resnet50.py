@@ -70,6 +70,7 @@ class PatchResNet50Model(TorchModel):
     family = "patch_resnet50"
     needs_multiple_of_32 = True
     detects_veins = True
+    batch_targets = frozenset({"patches"})
 
     def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
         self.pos_weight = check_range(params, "pos_weight", 0.0, float("inf"))

@@ -8,6 +8,10 @@ slice DVT logit). Checkpoint directory (written atomically)::
     weights.pt       module.state_dict()                 (torch.save; loaded with weights_only=True)
     train_state.pt   optimizer + LR-scheduler state      (for resuming; weights_only=True)
 
+Training batches are compact (:mod:`dvt_search.data.compact`: int16 HU, the uint8 mask only for a
+family whose :attr:`TorchModel.batch_targets` name it) and finished on the trial's device; ``predict`` /
+``evaluate`` read the datasets they are given as they are (the CPU reference path deployment uses).
+
 ``fit(data, epochs)`` on a loaded model continues from ``epochs_done`` at the same schedule position;
 data order, dropout and augmentation are seeded per ``(seed, epoch)``, so on the CPU a resumed run
 reproduces an uninterrupted one.
@@ -26,6 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..data.compact import CompactSlices
+from ..data.dataset import SliceDataset
 from ..engine import loop
 from ..engine.checkpoint import cpu_state, load_tensors
 from ..engine.device import resolve_device
@@ -80,6 +86,9 @@ class TorchModel(Model):
     #: asks it where it sees veins (see :meth:`TorchScriptScorer.vein_fractions
     #: <dvt_search.families.torch_export.TorchScriptScorer.vein_fractions>`)
     detects_veins: ClassVar[bool] = False
+    #: what ``compute_loss`` / ``val_collect`` read from a batch besides ``image`` and ``label``:
+    #: ``"mask"`` and/or ``"patches"``. Training batches carry only these (see :meth:`training_view`).
+    batch_targets: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool = True) -> None:
         super().__init__(params, spec)
@@ -134,6 +143,19 @@ class TorchModel(Model):
             values[key] = int(values[key])
         return LoopConfig(**values)
 
+    @property
+    def uses_masks(self) -> bool:
+        """Whether training batches must carry the vein mask (for the mask itself or the patch targets)."""
+        return bool(self.batch_targets & {"mask", "patches"})
+
+    def training_view(self, dataset: Any) -> Any:
+        """What the loop trains/validates on: a :class:`~dvt_search.data.dataset.SliceDataset` becomes its
+        compact view (int16 HU, a uint8 mask only when :attr:`uses_masks`), finished on the device; any
+        other dataset is used as it is."""
+        if not isinstance(dataset, SliceDataset):
+            return dataset
+        return CompactSlices(dataset, with_mask=self.uses_masks, patches="patches" in self.batch_targets)
+
     def _check_data(self, dataset: Any, what: str) -> None:
         image = dataset[0]["image"]
         expected = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
@@ -181,8 +203,8 @@ class TorchModel(Model):
         loop.fit(
             self.module,
             self,
-            data.train,
-            data.val,
+            self.training_view(data.train),
+            self.training_view(data.val),
             cfg,
             start_epoch=self.epochs_done,
             end_epoch=epochs,
@@ -279,6 +301,7 @@ class TorchFamily(Family):
     kind: ClassVar[str] = "torch"
     trains_by_epoch: ClassVar[bool] = True
     model_cls: ClassVar[type[TorchModel]]
+    training_only_files: ClassVar[frozenset[str]] = TorchModel.training_only_files
 
     @classmethod
     def trial_needs(

@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from dvt_search import families
 from dvt_search.fsutil import atomic_directory
 from dvt_search.rundir import FINAL, RunDir, TrialRecord
 
@@ -59,8 +60,12 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def copy_checkpoint(src: str | Path, dst: Path) -> None:
-    """Copy a checkpoint directory to ``dst`` atomically (hard links when on the same filesystem)."""
+def copy_checkpoint(src: str | Path, dst: Path, skip: frozenset[str] = frozenset()) -> None:
+    """Copy a checkpoint directory to ``dst`` atomically (hard links when on the same filesystem).
+
+    Top-level files named in ``skip`` (the family's ``training_only_files``) are left out: the record's
+    copy is for selection and export, never for resuming.
+    """
 
     def link_or_copy(s: str, d: str) -> None:
         try:
@@ -69,7 +74,13 @@ def copy_checkpoint(src: str | Path, dst: Path) -> None:
             shutil.copy2(s, d)
 
     with atomic_directory(dst) as tmp:
-        shutil.copytree(Path(src), tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+        shutil.copytree(
+            Path(src),
+            tmp,
+            copy_function=link_or_copy,
+            dirs_exist_ok=True,
+            ignore=lambda d, names: [n for n in names if n in skip and Path(d) == Path(src)],
+        )
 
 
 class RecordsCallback(Callback):
@@ -154,7 +165,8 @@ class RecordsCallback(Callback):
         rec.error = error
         src = st.get("best_checkpoint")
         if src and Path(src).is_dir():
-            copy_checkpoint(src, self.run.checkpoint_dir(self.family, trial.trial_id))
+            skip = families.get(self.family).training_only_files
+            copy_checkpoint(src, self.run.checkpoint_dir(self.family, trial.trial_id), skip)
             rec.has_checkpoint = True
         self.run.write_trial(rec)
 

@@ -8,6 +8,20 @@ restored by its name) has no such gap: ``<run>/train/<family>/<trial_id>/`` hold
 checkpoint directories (``Model.save`` layout, each written under a temporary name and renamed) and
 ``index.json`` (written atomically, *before* any old checkpoint is deleted). Kept: the latest checkpoint
 and the ``keep`` best by the run metric.
+
+Lean checkpoints: only the latest checkpoint keeps the files needed to resume training (the model's
+``training_only_files``, e.g. the torch families' ``train_state.pt`` with the Adam moments, twice the
+weights); when a newer epoch is saved, every other kept checkpoint is stripped to its weights. For VGG-16
+with the classifier head that is ~0.5 GiB per best checkpoint instead of ~1.5 GiB. Bytes *written* per
+epoch are unchanged (the latest is always written in full); what a trial holds on the storage drops from
+``(keep + 1)`` full checkpoints to one full and ``keep`` weights-only ones. Stripping is repeated at every
+save, so a process killed between the index write and the strip leaves nothing wrong behind. A resume
+normally starts from the latest (full) checkpoint; if that one is lost, it starts from a weights-only one
+with fresh optimizer moments, the learning-rate schedule still placed at its epoch.
+
+The writes stay on the training thread: a trial reports each checkpoint's path to Tune right after
+saving it, and Tune may stop (end) a trial's process at any report, so a write still in flight on a
+background thread could be lost while the records already point to it.
 """
 
 from __future__ import annotations
@@ -70,7 +84,16 @@ class TrialCheckpoints:
         for e in entries:
             if e not in kept:
                 shutil.rmtree(self.root / e["name"], ignore_errors=True)
+        for e in kept:
+            if e["epoch"] != epoch:
+                self._strip(self.root / e["name"], getattr(model, "training_only_files", frozenset()))
         return target
+
+    @staticmethod
+    def _strip(directory: Path, names: frozenset[str]) -> None:
+        """Remove the resume-only files of a checkpoint that is no longer the latest."""
+        for name in names:
+            (directory / name).unlink(missing_ok=True)
 
     def _retain(self, entries: list[dict[str, Any]], latest: int) -> list[dict[str, Any]]:
         sign = 1.0 if self.mode == "max" else -1.0

@@ -45,6 +45,19 @@ def _windows(text: str) -> list[list[float]]:
         ) from None
 
 
+def _loader_workers(text: str) -> int | None:
+    """``auto`` -> ``None`` (resolved from ``--cpus-per-trial``), else an int >= 0."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--loader-workers: expected an integer >= 0 or auto, got {text!r}")
+    return n
+
+
 def register(subparsers: Any) -> None:
     """Add the ``search`` command."""
     p = subparsers.add_parser(
@@ -111,7 +124,14 @@ def register(subparsers: Any) -> None:
         "(direct), on CPU or one (fractional) GPU. A TorchTrainer costs ~40 s per trial on an H100 node, "
         "~16 s on 2 CPUs, so --trainer ray-train with one worker only pays that cost",
     )
-    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per trial")
+    p.add_argument(
+        "--loader-workers",
+        type=_loader_workers,
+        default=None,
+        metavar="N|auto",
+        help="DataLoader worker processes per trial (default: auto = CPUs per trial - 1, so 0 with 1 CPU; "
+        "workers persist for the whole trial)",
+    )
     p.add_argument(
         "--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)"
     )

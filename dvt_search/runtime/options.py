@@ -60,7 +60,7 @@ class SearchOptions:
     gpus_per_trial: float = 0.0
     train_workers: int = 1
     trainer: str = "auto"
-    loader_workers: int = 0
+    loader_workers: int | None = None  # None: auto (see resolve_loader_workers)
     grace_period: int = 1
     reduction_factor: float = 3.0
     scheduler: str = "asha"
@@ -108,6 +108,19 @@ def resolve_trainer(opts: SearchOptions) -> str:
     return "ray-train" if opts.train_workers > 1 else "direct"
 
 
+def resolve_loader_workers(opts: SearchOptions) -> int:
+    """``--loader-workers``, or ``auto`` (``None``): the trial's CPUs less the one its training process uses.
+
+    ``auto`` = ``max(0, floor(cpus_per_trial) - 1)``: with 1 CPU per trial (the default) the trial loads in
+    its own process, as before; with 4 CPUs it gets 3 loader workers.
+    """
+    if opts.loader_workers is None:
+        return max(0, int(opts.cpus_per_trial) - 1)
+    if opts.loader_workers < 0:
+        raise RunError(f"--loader-workers must be >= 0 or auto, got {opts.loader_workers}")
+    return int(opts.loader_workers)
+
+
 def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
     """The frozen configuration of a fresh run started with ``opts`` over the families ``fams``."""
     return RunConfig(
@@ -138,7 +151,7 @@ def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
             gpus_per_trial=float(opts.gpus_per_trial),
             train_workers=int(opts.train_workers),
             trainer=resolve_trainer(opts),
-            loader_workers=int(opts.loader_workers),
+            loader_workers=resolve_loader_workers(opts),
         ),
         max_failures=int(opts.max_failures),
         keep_checkpoints=int(opts.keep_checkpoints),

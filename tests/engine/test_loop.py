@@ -213,3 +213,17 @@ def test_cuda_bf16_channels_last_and_cpu_reload(tmp_path) -> None:
     loaded = ToyModel.load(model.save(tmp_path / "ckpt"))
     cpu = loaded.predict(data().val, device="cpu")
     np.testing.assert_allclose(cpu, model.predict(data().val), atol=0.05)
+
+
+def test_resume_from_weights_only_keeps_the_schedule_position(tmp_path) -> None:
+    """A lean (weights-only) checkpoint resumes with fresh Adam moments but the lr of its epoch."""
+    straight = ToyModel(PARAMS, SPEC)
+    straight.fit(data(), 3)
+    first = ToyModel(PARAMS, SPEC)
+    first.fit(data(), 1)
+    ckpt = first.save(tmp_path / "ckpt")
+    (ckpt / "train_state.pt").unlink()
+    resumed = ToyModel.load(ckpt)
+    assert resumed.train_state is None
+    resumed.fit(data(), 3)
+    assert [r.metrics["lr"] for r in resumed.history] == [r.metrics["lr"] for r in straight.history]

@@ -44,3 +44,18 @@ def test_invalid_space_stops_the_run_before_anything_is_written(phantom, tmp_pat
 def test_rejects_contradictory_options(phantom, tmp_path, capsys, args: list[str], message: str) -> None:
     code = main(["search", "--data", str(phantom), "--storage", str(tmp_path), "--family", "vgg16", *args])
     assert code == 1 and message in capsys.readouterr().err
+
+
+def test_loader_workers_auto_follows_the_cpus_per_trial(tmp_path, capsys) -> None:
+    from dvt_search.runtime.options import SearchOptions, resolve_loader_workers
+
+    def workers(**kw) -> int:
+        return resolve_loader_workers(SearchOptions(manifest=tmp_path, storage=tmp_path, **kw))
+
+    assert workers() == 0  # 1 CPU per trial: load in the trial's own process
+    assert workers(cpus_per_trial=4) == 3 and workers(cpus_per_trial=2.5) == 1
+    assert workers(cpus_per_trial=4, loader_workers=0) == 0
+    with pytest.raises(SystemExit) as exited:
+        main(["search", "--data", "m.parquet", "--storage", str(tmp_path), "--loader-workers", "some"])
+    assert exited.value.code == 2
+    assert "--loader-workers: expected an integer >= 0 or auto" in capsys.readouterr().err

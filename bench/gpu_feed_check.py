@@ -1,0 +1,241 @@
+"""GPU check of the data path (figures only): does the loader keep the GPU busy?
+
+Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + channels_last as the engine does:
+
+(1) synthetic: img/s of ``train_step`` on ONE batch that already lives on the device (the network's own
+    speed: no loader, no host-to-device copy, no device transform);
+(2) real trial: img/s of ``TorchModel.fit`` on a phantom store through the real data path (compact int16
+    items from ``--loader-workers`` persistent workers, the device transform, validation each epoch): the
+    engine's ``img_per_s``, median of the epochs after the first. Reported as real / synthetic (goal >= 0.95;
+    0.48 for the multitask model before this data path);
+(3) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
+    ``--pack-batch`` at the same time on the one GPU, against one such process alone: aggregate img/s ratio.
+    Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process).
+
+No Ray or Optuna needed (torch + torchvision + this package). ``--quick`` is the one short GPU call (2
+timed epochs, a small store); ``--dry-run`` runs every step on the CPU at 32^2 in under a minute (a
+smoke test of this script, not a measurement).
+
+    python bench/gpu_feed_check.py --quick [--families vgg16,densenet161,multitask_unet,patch_resnet50]
+        [--size 512] [--batch 32] [--epochs 3] [--loader-workers 4] [--pack 4] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TORCH_FAMILIES = "vgg16,densenet161,multitask_unet,patch_resnet50"
+#: per-family knobs of the check (the paper's VGG-16 classifier head; the rest at their defaults)
+PARAMS: dict[str, dict[str, Any]] = {"vgg16": {"head": "classifier"}}
+
+
+def make_store(root: Path, size: int, patients: int, slices: int) -> Path:
+    from dvt_search.data.phantom import generate
+
+    return generate(root / "ph", patients=patients, seed=0, size=size, slices_per_scan=slices, preset="easy")
+
+
+def datasets(manifest: Path, size: int, limit: int = 0) -> tuple[Any, Any, Any]:
+    """Train/val slice datasets of the store (patient-disjoint); ``limit`` > 0 caps each (dry runs)."""
+    from dvt_search.data.dataset import SliceDataset, spec_for
+    from dvt_search.data.schema import manifest_root, read_manifest
+
+    df = read_manifest(manifest)
+    patients = sorted(df["patient_id"].unique())
+    val_ids = set(patients[-max(1, len(patients) // 4) :])
+    root = manifest_root(manifest)
+    train_rows, val_rows = df[~df["patient_id"].isin(val_ids)], df[df["patient_id"].isin(val_ids)]
+    if limit > 0:
+        train_rows, val_rows = train_rows.head(limit), val_rows.head(max(2, limit // 2))
+    train = SliceDataset(train_rows, root, size=size)
+    val = SliceDataset(val_rows, root, size=size)
+    return train, val, spec_for(train)
+
+
+def synthetic_img_s(name: str, spec: Any, batch: int, device: str, steps: int) -> float:
+    """img/s of train_step on one device-resident batch."""
+    import torch
+
+    from dvt_search import families
+    from dvt_search.engine.loop import train_step
+    from dvt_search.engine.optim import build_optimizer
+
+    model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    module = model.module.to(dev)
+    if cuda:
+        module = module.to(memory_format=torch.channels_last)
+    optimizer, _ = build_optimizer(module, model.loop_config())
+    s = spec.image_size
+    image = torch.rand(batch, spec.in_channels, s, s, device=dev)
+    if cuda:
+        image = image.contiguous(memory_format=torch.channels_last)
+    mask = (torch.rand(batch, 1, s, s, device=dev) > 0.98).float()
+    g = -(-s // 32)
+    batch_d = {
+        "image": image,
+        "label": (torch.arange(batch, device=dev) % 2).float(),
+        "mask": mask,
+        "patches": torch.nn.functional.max_pool2d(mask, 32, 32, ceil_mode=True).reshape(batch, 1, g, g),
+    }
+    module.train()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            train_step(module, model, batch_d, optimizer, device=dev, amp=cuda)
+        if cuda:
+            torch.cuda.synchronize()
+
+    run(max(2, steps // 4))  # warm-up (cuDNN autotuning)
+    t0 = time.perf_counter()
+    run(steps)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def real_img_s(
+    name: str, manifest: str, size: int, batch: int, device: str, epochs: int, workers: int, limit: int = 0
+):
+    """Steady img/s of a real fit (median of epochs 2..) and the epochs' figures."""
+    import torch
+
+    from dvt_search import families
+    from dvt_search.families.base import FitData
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    train, val, spec = datasets(Path(manifest), size, limit)
+    model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
+    reports = model.fit(FitData(train=train, val=val, num_workers=workers), epochs, device=device)
+    values = [r.metrics["img_per_s"] for r in reports]
+    return statistics.median(values[1:] if len(values) > 1 else values), values
+
+
+def _pack_worker(args: tuple, queue: Any) -> None:
+    try:
+        queue.put(real_img_s(*args)[0])
+    except Exception as exc:  # report, do not hang the parent
+        queue.put(f"error: {type(exc).__name__}: {exc}")
+
+
+def packed_img_s(n: int, args: tuple) -> list[float]:
+    """Per-process steady img/s of ``n`` real fits running at the same time (spawned processes)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_pack_worker, args=(args, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the short GPU call: 2 timed epochs, small store")
+    p.add_argument("--dry-run", action="store_true", help="CPU smoke run at 32^2 (not a measurement)")
+    p.add_argument("--families", default=TORCH_FAMILIES)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each real fit (the first is warm-up)")
+    p.add_argument("--patients", type=int, default=8)
+    p.add_argument("--slices", type=int, default=32, help="slices per scan of the phantom store")
+    p.add_argument("--steps", type=int, default=20, help="timed synthetic steps")
+    p.add_argument("--loader-workers", type=int, default=4)
+    p.add_argument("--pack", type=int, default=4, help="processes sharing the GPU (as 1/pack GPU trials)")
+    p.add_argument("--pack-family", default="multitask_unet")
+    p.add_argument("--pack-batch", type=int, default=8)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: synthetic,real,pack")
+    p.add_argument("--json", type=Path, help="write the figures here too")
+    args = p.parse_args(argv)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+    if args.dry_run:
+        torch.set_num_threads(1)
+        args.size, args.batch, args.pack_batch, args.epochs = 32, 4, 4, 1
+        args.patients, args.slices, args.steps, args.loader_workers, args.pack = 2, 4, 2, 1, 2
+        args.families = args.pack_family = "patch_resnet50"  # the fastest on a CPU; mask + patch path
+    elif args.quick:
+        args.epochs, args.patients, args.slices, args.steps = 3, 4, 32, 12
+    elif device == "cpu":
+        print("no CUDA device: use --dry-run for a CPU smoke run", file=sys.stderr)
+        return 2
+    skip = set(filter(None, args.skip.split(",")))
+    limit = 8 if args.dry_run else 0
+    out: dict[str, Any] = {"device": device, "size": args.size, "batch": args.batch, "families": {}}
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+    with tempfile.TemporaryDirectory(prefix="gpu-feed-") as tmp:
+        manifest = make_store(Path(tmp), args.size, args.patients, args.slices)
+        _, _, spec = datasets(manifest, args.size, limit)
+        print(
+            f"{device} {out.get('gpu', '')}: {args.size}^2, batch {args.batch}, {args.loader_workers} workers"
+        )
+        print(f"{'family':<16}{'synthetic img/s':>16}{'real img/s':>12}{'real/synthetic':>16}")
+        for name in args.families.split(","):
+            row: dict[str, Any] = {}
+            if "synthetic" not in skip:
+                row["synthetic"] = synthetic_img_s(name, spec, args.batch, device, args.steps)
+            if "real" not in skip:
+                row["real"], row["real_epochs"] = real_img_s(
+                    name,
+                    str(manifest),
+                    args.size,
+                    args.batch,
+                    device,
+                    args.epochs,
+                    args.loader_workers,
+                    limit,
+                )
+            if "synthetic" in row and "real" in row:
+                row["ratio"] = row["real"] / row["synthetic"]
+            out["families"][name] = row
+            print(
+                f"{name:<16}{row.get('synthetic', float('nan')):>16.1f}{row.get('real', float('nan')):>12.1f}"
+                f"{row.get('ratio', float('nan')):>16.2f}",
+                flush=True,
+            )
+        if "pack" not in skip:
+            job = (
+                args.pack_family,
+                str(manifest),
+                args.size,
+                args.pack_batch,
+                device,
+                args.epochs,
+                max(1, args.loader_workers // args.pack),
+                limit,
+            )
+            alone = packed_img_s(1, job)
+            packed = packed_img_s(args.pack, job)
+            out["packing"] = {
+                "family": args.pack_family,
+                "batch": args.pack_batch,
+                "alone": alone[0],
+                "packed_each": packed,
+                "ratio": sum(packed) / alone[0],
+            }
+            print(
+                f"packing {args.pack_family} batch {args.pack_batch}: 1 process {alone[0]:.1f} img/s; "
+                f"{args.pack} at once {sum(packed):.1f} img/s in all = {sum(packed) / alone[0]:.2f}x"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
