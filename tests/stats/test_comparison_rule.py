@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from dvt_testkit_stats import simulated_predictions
 
 from dvt_search.report.context import ci as fmt_ci
 from dvt_search.report.context import pval
@@ -14,23 +15,7 @@ from dvt_search.stats.compare import FEW_PATIENTS, MULTIPLICITY_FAMILY, compare
 
 def _preds(seed: int, spec: dict[str, tuple[float, float]], n_pat: int, slices: int = 8) -> pd.DataFrame:
     """Half the patients DVT-positive (3 positive slices each); per family a label shift and a patient sd."""
-    rng = np.random.default_rng(seed)
-    rows = [
-        (f"P{p:02d}", f"P{p:02d}-S0", z, int(p % 2 == 0 and z in (2, 3, 4)))
-        for p in range(n_pat)
-        for z in range(slices)
-    ]
-    base = pd.DataFrame(rows, columns=["patient_id", "scan_id", "slice_index", "label"])
-    base["row"] = np.arange(len(base))
-    pidx = base["patient_id"].str[1:].astype(int).to_numpy()
-    out = []
-    for fam, (shift, sd_patient) in spec.items():
-        f = base.copy()
-        f["family"], f["trial_id"] = fam, f"{fam}-t"
-        u = rng.normal(0, sd_patient, n_pat)[pidx]
-        f["score"] = 1 / (1 + np.exp(-(shift * f["label"] + u + rng.normal(0, 1, len(f)))))
-        out.append(f)
-    return pd.concat(out, ignore_index=True)
+    return simulated_predictions(seed, spec, n_pat, slices, lambda z: z in (2, 3, 4))
 
 
 def _holm_by_hand(p: list[float]) -> list[float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from dvt_testkit_stats import simulated_predictions
 
 from dvt_search.stats.compare import compare
 
@@ -29,23 +30,7 @@ def _frame(fam: str, patients: list[tuple[int, list[float]]]) -> pd.DataFrame:
 
 def _simulated(seed: int, spec: dict[str, tuple[float, float]], n_pat: int, slices: int) -> pd.DataFrame:
     """Half the patients positive (first half of their slices); per family a label shift and a patient sd."""
-    rng = np.random.default_rng(seed)
-    rows = [
-        (f"P{p:02d}", f"P{p:02d}-S0", z, int(p % 2 == 0 and z < slices // 2))
-        for p in range(n_pat)
-        for z in range(slices)
-    ]
-    base = pd.DataFrame(rows, columns=["patient_id", "scan_id", "slice_index", "label"])
-    base["row"] = np.arange(len(base))
-    pidx = base["patient_id"].str[1:].astype(int).to_numpy()
-    out = []
-    for fam, (shift, sd_patient) in spec.items():
-        f = base.copy()
-        f["family"], f["trial_id"] = fam, f"{fam}-t"
-        u = rng.normal(0, sd_patient, n_pat)[pidx]
-        f["score"] = 1 / (1 + np.exp(-(shift * f["label"] + u + rng.normal(0, 1, len(f)))))
-        out.append(f)
-    return pd.concat(out, ignore_index=True)
+    return simulated_predictions(seed, spec, n_pat, slices, lambda z: z < slices // 2)
 
 
 # validation: positives 0.80-0.90, negatives 0.10-0.20 -> every Youden-optimal threshold lies in (0.2, 0.8]
