@@ -38,7 +38,7 @@ import pandas as pd
 from dvt_search.data.spec import DataSpec
 from dvt_search.deploy.inputs import SeriesInput, read_dicom_folder, read_nifti_input
 from dvt_search.deploy.preprocess import network_input, spec_from_preprocess
-from dvt_search.deploy.scan_rule import scan_decision
+from dvt_search.deploy.scan_rule import decide, parse_scan_rule
 from dvt_search.deploy.scope import check_scope
 from dvt_search.families import get as get_family
 from dvt_search.families.base import ExportedScorer
@@ -59,8 +59,8 @@ class Exported:
     kind: str
     preprocess: dict[str, Any]
     threshold: float
-    #: exam-level threshold of the scan decision (``threshold.json``'s ``scan_threshold``), None without one
-    scan_threshold: float | None = None
+    #: the scan decision as ``threshold.json`` states it (:mod:`.scan_rule`); None: highest slice vs threshold
+    scan_rule: dict[str, Any] | None = None
     _scorer: ExportedScorer | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -77,22 +77,27 @@ class Exported:
             raise ValueError(
                 f"{d}/threshold.json holds no threshold (the run was selected without a test set)"
             )
-        scan = thr.get("scan_threshold")
         return cls(
             d,
             info["family"],
             str(info.get("kind", "")),
             pre,
             float(thr["threshold"]),
-            None if scan is None else float(scan),
+            parse_scan_rule(thr, d / "threshold.json"),
         )
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        """The scan rule (:func:`~dvt_search.deploy.scan_rule.read_scan_rule`'s form)."""
+        if self.scan_rule is not None:
+            return self.scan_rule
+        return {"how": "max", "k": 1, "threshold": self.threshold, "legacy": True}
 
     @property
     def decision_threshold(self) -> tuple[float, str]:
         """The scan decision's threshold and its ``threshold.json`` key (``scan_threshold`` when present)."""
-        if self.scan_threshold is not None:
-            return self.scan_threshold, "scan_threshold"
-        return self.threshold, "threshold"
+        rule = self.rule
+        return rule["threshold"], "threshold" if rule["legacy"] else "scan_threshold"
 
     @property
     def spec(self) -> DataSpec:
@@ -178,7 +183,7 @@ def predict_input(
             overlay_png(network_input(volume[k], spec)[0], heat, out / name)
             heat_files.append(name)
     top = float(probs.max()) if len(probs) else float("nan")
-    scan = scan_decision(model.directory, probs)
+    scan = decide(model.rule, probs)
     summary = {
         "family": model.family,
         "source": series.source,

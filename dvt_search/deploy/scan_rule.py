@@ -21,7 +21,11 @@ from dvt_search.stats.measures import aggregate_scores
 def read_scan_rule(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"how", "k", "threshold", "legacy"}`` of the export's ``threshold.json``."""
     f = Path(directory) / "threshold.json"
-    doc = json.loads(f.read_text())
+    return parse_scan_rule(json.loads(f.read_text()), f)
+
+
+def parse_scan_rule(doc: dict[str, Any], f: str | os.PathLike[str]) -> dict[str, Any]:
+    """The scan rule of a ``threshold.json`` document ``doc`` read from ``f`` (named in errors)."""
     agg, thr = doc.get("scan_aggregation"), doc.get("scan_threshold")
     if agg is None or thr is None:
         if doc.get("threshold") is None:
@@ -32,7 +36,11 @@ def read_scan_rule(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def scan_decision(directory: str | os.PathLike[str], probabilities: np.ndarray) -> dict[str, Any]:
     """The scan score, threshold and decision of one series' slice probabilities."""
-    rule = read_scan_rule(directory)
+    return decide(read_scan_rule(directory), probabilities)
+
+
+def decide(rule: dict[str, Any], probabilities: np.ndarray) -> dict[str, Any]:
+    """:func:`scan_decision` with a rule already read (:func:`read_scan_rule`)."""
     probs = np.asarray(probabilities, dtype=np.float64)
     score = aggregate_scores(probs, rule["how"], rule["k"]) if probs.size else float("nan")
     what = {"max": "highest slice probability", "mean": "mean slice probability"}.get(
