@@ -65,7 +65,7 @@ def neighbour_rows(
         if b - a > 1 and np.any(p_sorted[a + 1 : b] == p_sorted[a : b - 1]):
             dup = int(p_sorted[a:b][np.flatnonzero(np.diff(p_sorted[a:b]) == 0)[0]])
             raise ValueError(
-                f"scan {s_sorted[a]!r} lists slice_index {dup} twice: its slice order is ambiguous"
+                f"scan {str(s_sorted[a])!r} lists slice_index {dup} twice: its slice order is ambiguous"
             )
         local = volume_neighbours(b - a, k)  # positions within this scan's run
         out[order[a:b]] = order[a + local]
