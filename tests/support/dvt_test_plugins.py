@@ -2,8 +2,10 @@
 
 * ``tiny_cnn``: a real torch family through the shared engine, without BatchNorm or dropout (so DDP
   with averaged gradients is numerically equivalent to one process on the union batches). Knobs for fault
-  injection: ``fail_attempts`` (the first N attempts of a trial raise right after reporting one epoch)
-  and ``state_dir`` (where attempts are logged as ``<trial id> <epochs done at start>`` lines).
+  injection: ``fail_attempts`` (the first N attempts of a trial raise right after reporting one epoch),
+  ``state_dir`` (where attempts are logged as ``<trial id> <epochs done at start> <node id>`` lines; in a
+  ``ray-train`` trial every rank logs its own line) and ``epoch_s`` (a pause after each epoch, before it is
+  reported).
 * ``tiny_cnn_broken``: ``tiny_cnn`` that fails on every attempt by default.
 * ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
   ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
@@ -27,14 +29,32 @@ from dvt_search.families.torch_family import COMMON_DEFAULTS, TorchFamily, Torch
 
 
 def _where() -> tuple[str, str]:
-    """(Tune trial id, Ray node id) of this process, or placeholders outside Tune/Ray."""
+    """(Tune trial id, Ray node id) of this process, or placeholders outside Tune/Ray.
+
+    In a Ray Train worker of a ``ray-train`` trial the trial id is the Train run's name (the runtime names
+    each Train run after its Tune trial).
+    """
     try:
         import ray
+
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not inside Ray
+        return "local", "none"
+    tid = None
+    try:
         import ray.tune
 
-        return ray.tune.get_context().get_trial_id() or "local", ray.get_runtime_context().get_node_id()
+        tid = ray.tune.get_context().get_trial_id()
     except Exception:  # noqa: BLE001 - not inside a Tune trial
-        return "local", "none"
+        pass
+    if not tid:
+        try:
+            import ray.train
+
+            tid = ray.train.get_context().get_experiment_name()
+        except Exception:  # noqa: BLE001 - not inside a Ray Train worker either
+            pass
+    return tid or "local", node
 
 
 def log_attempt(state_dir: str | None, epochs_done: int) -> int:
@@ -85,8 +105,10 @@ class TinyModel(TorchModel):
     def fit(self, data: FitData, epochs: int, callback: Any = None, **kwargs: Any) -> list[EpochReport]:
         attempt = log_attempt(self.params.get("state_dir"), self.epochs_done)
         fail = attempt <= int(self.params.get("fail_attempts", 0))
+        pause = float(self.params.get("epoch_s", 0.0))
 
         def on_epoch(report: EpochReport, model: Model) -> bool:
+            time.sleep(pause)  # a slower epoch, so a test can act while the trial is mid-run
             stop = bool(callback(report, model)) if callback is not None else False
             if fail:
                 raise RuntimeError(f"injected failure in attempt {attempt} after epoch {report.epoch}")
@@ -102,7 +124,7 @@ class TinyCnn(TorchFamily):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {**COMMON_DEFAULTS, "schedule": "none", "fail_attempts": 0, "state_dir": None}
+        return {**COMMON_DEFAULTS, "schedule": "none", "fail_attempts": 0, "state_dir": None, "epoch_s": 0.0}
 
 
 class BrokenModel(TinyModel):
