@@ -29,15 +29,24 @@ from dvt_search.rundir import RunConfig, RunDir
 
 #: CPUs a ``ray-train`` trial's own process reserves (the Tune function that waits on its TorchTrainer; the
 #: Train V2 controller is pinned to its node with ``num_cpus=0``). A CPU share, never ``{"memory": 1}``: a
-#: head that advertises ``CPU: 0`` can then never hold it. It is taken out of the Train workers' CPUs, so a
-#: trial still reserves exactly ``workers x cpus`` (2 one-CPU workers fit a 2-CPU node).
+#: head that advertises ``CPU: 0`` can then never hold it. It is taken out of each Train worker's CPUs, so the
+#: driver fits beside any one worker on a node of exactly ``cpus`` CPUs (see :func:`train_worker_cpus`).
 DRIVER_CPU = 0.01
 
 
 def train_worker_cpus(needs: TrialNeeds) -> float:
-    """CPUs each Train worker of a ``ray-train`` trial reserves: its share less the driver's (1e-4 steps)."""
-    share = needs.cpus - DRIVER_CPU / max(1, needs.workers)
-    return max(0.0, math.floor(share * 1e4 + 1e-9) / 1e4)
+    """CPUs each Train worker of a ``ray-train`` trial reserves: ``cpus`` less the driver's share (1e-4 steps).
+
+    The driver lands on one node beside (at most) one worker, so the whole share comes out of *every*
+    worker: driver + worker then fit a node of ``cpus`` CPUs. Taking ``DRIVER_CPU / workers`` from each
+    instead (a trial of exactly ``workers x cpus``) left that node 0.005 CPU short: on a ``CPU: 0`` head
+    with two ``cpus``-CPU worker nodes, a 2-worker trial's placement group never became ready. A trial
+    reserves ``workers x cpus - (workers - 1) x DRIVER_CPU`` CPUs. When ``cpus`` is no more than the driver's
+    share, the driver reserves memory instead (:func:`~.tuning.trial_resources`) and workers get all of it.
+    """
+    if needs.cpus <= DRIVER_CPU:
+        return float(needs.cpus)
+    return max(0.0, math.floor((needs.cpus - DRIVER_CPU) * 1e4 + 1e-9) / 1e4)
 
 
 def import_plugins(modules: list[str] | tuple[str, ...]) -> None:

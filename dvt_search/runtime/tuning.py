@@ -15,8 +15,8 @@ free and fails the *next* trial when it is not.
 
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
-``DRIVER_CPU`` (0.01) CPU, taken out of its ``workers`` Train workers' ``cpus`` each (they reserve
-``gpus`` each too), so a trial holds exactly ``workers x cpus`` CPUs and never lands on a ``CPU: 0`` head
+``DRIVER_CPU`` (0.01) CPU, taken out of each of its ``workers`` Train workers' ``cpus`` (they reserve
+``gpus`` each too), so the driver fits beside one worker on a node of ``cpus`` CPUs and never lands on a ``CPU: 0`` head
 (the Train V2 controller runs on the Tune function's node; Ray's default of 1 CPU per trial would leave a
 2-worker trial unschedulable on 2 CPUs). Concurrency is capped by a
 ``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers. A resumed

@@ -44,9 +44,13 @@ def test_ray_train_driver_reserves_a_cpu_share_taken_from_its_workers() -> None:
     per_worker = train_worker_cpus(needs)
     assert per_worker < 1.0
     assert driver["CPU"] + needs.workers * per_worker <= needs.total_cpus + 1e-12  # 2 workers fit 2 CPUs
-    assert needs.total_cpus - (driver["CPU"] + needs.workers * per_worker) < 1e-3
+    # the driver fits beside a worker on a node of `cpus` CPUs: two 1-CPU nodes of a CPU: 0 head hold the trial
+    assert driver["CPU"] + per_worker <= needs.cpus + 1e-12
+    assert needs.cpus - per_worker - driver["CPU"] < 1e-3  # and no more is taken from the workers
     three = TrialNeeds(budget=3, trainer="ray-train", workers=3, cpus=1.0)
-    assert DRIVER_CPU + 3 * train_worker_cpus(three) <= 3.0
+    assert DRIVER_CPU + train_worker_cpus(three) <= 1.0
+    tiny = TrialNeeds(budget=3, trainer="ray-train", workers=2, cpus=DRIVER_CPU)
+    assert trial_resources(tiny) == {"memory": 1.0} and train_worker_cpus(tiny) == DRIVER_CPU
 
 
 def test_direct_trial_reserves_its_cpus_and_gpus() -> None:

@@ -3,17 +3,19 @@
 Abrupt means every process of the node is SIGKILLed at once (its raylet and every worker process it
 started, the Train worker among them), as in a power cut or a reclaimed spot instance: nobody tells the
 GCS, which finds out through its health checks. ``Cluster.remove_node(node, allow_graceful=False)`` alone
-SIGKILLs only the processes the node object started itself (raylet, log monitor, ...); the worker
+SIGKILLs only the processes the node object started itself (raylet, agents, log monitor); the worker
 processes would notice their raylet's death and exit on their own. So the test SIGKILLs the raylet's
 descendants too, then lets ``remove_node`` clean up the rest.
 
-Topology: a 1-CPU head (the Tune trial's function and its Train controller: 0.01 CPU, so no Train worker
-fits beside it) and two 1-CPU worker nodes, one Train worker each (0.995 CPU). The victim is a worker node
-of a Train worker; a replacement node joins right after the kill so two workers fit again.
+Topology: the documented cluster's shape, a ``CPU: 0`` head and two 1-CPU worker nodes. One of them
+holds the Tune trial's function (0.01 CPU, with its Train controller) beside a Train worker (0.99 CPU),
+the other one Train worker only: that one is killed, and a replacement node joins right after so two
+workers fit again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -30,7 +32,7 @@ from dvt_testkit_runtime import PLUGIN, write_spaces
 from dvt_search import families
 from dvt_search.rundir.layout import RunDir
 
-EPOCHS, WORKERS, EPOCH_S = 6, 2, 1.5
+EPOCHS, WORKERS, EPOCH_S = 5, 2, 1.0
 FAMILY = "tiny_cnn"
 
 # The GCS learns of a SIGKILLed raylet only by its health checks (Ray's default: ~30 s); check every 1 s.
@@ -49,7 +51,7 @@ def train_cluster() -> Iterator[object]:
     ray.shutdown()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
     )
     try:
         for _ in range(WORKERS):
@@ -89,18 +91,25 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def kill_node_abruptly(cluster: object, node: object) -> list[str]:
-    """SIGKILL the node's raylet and every process under it at once; returns their command lines."""
+def _raylet_pid(node: object) -> int:
     from ray._private import ray_constants
 
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def node_processes(node: object) -> list[str]:
+    """Command lines (process titles: ``ray::RayTrainWorker``, ...) of the worker processes of ``node``."""
+    return [_cmdline(pid) for pid in _descendants(_raylet_pid(node))]
+
+
+def kill_node_abruptly(cluster: object, node: object) -> list[str]:
+    """SIGKILL the node's raylet and every process under it at once; returns their command lines."""
+    raylet = _raylet_pid(node)
     victims = [raylet, *_descendants(raylet)]
     names = [_cmdline(pid) for pid in victims]
     for pid in victims:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     cluster.remove_node(node, allow_graceful=False)  # the node's other processes, also SIGKILLed
     return names
 
@@ -168,8 +177,14 @@ def test_train_trial_resumes_after_a_worker_node_is_killed(train_cluster, phanto
     assert list((run.train_dir(FAMILY) / tid).glob("checkpoint_*")), "no Train checkpoint on the storage"
     ranks = [node for t, done, node in read_attempts(state) if t == tid]
     assert len(ranks) == WORKERS, ranks  # one attempt so far, one line per rank
-    by_id = {n.node_id: n for n in cluster.worker_nodes}
-    victim = next(by_id[node] for node in ranks if node in by_id)
+    assert len(set(ranks)) == WORKERS, ranks  # one Train worker per worker node
+    # the victim holds a Train worker and not the trial's own function (ImplicitFunc) and controller
+    titles = {n.node_id: " ".join(node_processes(n)) for n in cluster.worker_nodes}
+    (victim,) = [
+        n
+        for n in cluster.worker_nodes
+        if "RayTrainWorker" in titles[n.node_id] and "ImplicitFunc" not in titles[n.node_id]
+    ]
 
     # 2. the node of one Train worker dies abruptly; a replacement joins so 2 workers fit again
     killed = kill_node_abruptly(cluster, victim)
@@ -198,8 +213,6 @@ def test_train_trial_resumes_after_a_worker_node_is_killed(train_cluster, phanto
     assert state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values())
     model = families.get(FAMILY).load(best)
     assert model.epochs_done == rec.best_epoch
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run.journal))
-    )
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
     study = optuna.load_study(study_name=FAMILY, storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
