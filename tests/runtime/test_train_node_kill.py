@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +46,11 @@ FAST_HEALTH_CHECKS = {
 
 @pytest.fixture
 def train_cluster() -> Iterator[object]:
+    """A ``CPU: 0`` head and two 1-CPU worker nodes; this process never joins it (the search runs in a CLI)."""
     import ray
     from ray.cluster_utils import Cluster
 
-    ray.shutdown()
+    ray.shutdown()  # a shared instance of earlier modules (ray_2_cpus): its CPUs are not this topology's
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
@@ -56,11 +58,9 @@ def train_cluster() -> Iterator[object]:
     try:
         for _ in range(WORKERS):
             cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes(timeout=120)
         yield cluster
     finally:
-        ray.shutdown()
         cluster.shutdown()
 
 
@@ -114,53 +114,51 @@ def kill_node_abruptly(cluster: object, node: object) -> list[str]:
     return names
 
 
-def _wait(condition, timeout_s: float, what: str, driver: threading.Thread, errors: list) -> None:
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:] if log.is_file() else "(no output)"
+
+
+def _wait(condition, timeout_s: float, what: str, driver: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert driver.is_alive() or condition(), f"search ended before {what}; errors: {errors}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}; errors: {errors}"
+        assert driver.poll() is None or condition(), f"search ended before {what}:\n{_tail(log)}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{_tail(log)}"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def driver_process() -> Iterator[list[subprocess.Popen]]:
+    """Holds the search's CLI process; a test that fails midway leaves none behind (before the cluster goes)."""
+    held: list[subprocess.Popen] = []
+    yield held
+    for proc in held:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_train_trial_resumes_after_a_worker_node_is_killed(train_cluster, phantom, tmp_path) -> None:
-    from dvt_search.runtime.driver import SearchOptions, run_search
-
+def test_train_trial_resumes_after_a_worker_node_is_killed(
+    train_cluster, driver_process, phantom, tmp_path
+) -> None:
     cluster = train_cluster
     state = tmp_path / "state"
     fixed = {"lr": 0.01, "batch_size": 4, "schedule": "none", "seed": 0}
     spaces = write_spaces(
         tmp_path / "spaces", {FAMILY: {"fixed": {**fixed, "state_dir": str(state), "epoch_s": EPOCH_S}}}
     )
-    opts = SearchOptions(
-        manifest=phantom,
-        storage=tmp_path / "runs",
-        name="kill",
-        families=[FAMILY],
-        trials=1,
-        max_epochs=EPOCHS,
-        size=32,
-        space_dir=spaces,
-        plugins=[PLUGIN],
-        train_workers=WORKERS,
-        trainer="ray-train",
-        cpus_per_trial=1,
-        scheduler="fifo",
-        max_failures=2,
-        progress_every_s=1e9,
-        include_dashboard=False,
-    )
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        try:
-            run_search(opts)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(exc)
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
+    cmd = [sys.executable, "-m", "dvt_search.cli", "search", "--address", cluster.address,
+           "--data", str(phantom), "--storage", str(tmp_path / "runs"), "--name", "kill",
+           "--family", FAMILY, "--trials", "1", "--max-epochs", str(EPOCHS), "--size", "32",
+           "--space-dir", str(spaces), "--plugin", PLUGIN, "--train-workers", str(WORKERS),
+           "--trainer", "ray-train", "--cpus-per-trial", "1", "--scheduler", "fifo",
+           "--max-failures", "2", "--no-dashboard", "--progress-every", "1000"]  # fmt: skip
+    log = tmp_path / "search.log"
+    with log.open("wb") as out:  # its own session: the finalizer can end it with everything it started
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    driver_process.append(driver)
     run = RunDir(tmp_path / "runs" / "kill")
 
     def trial_id() -> str | None:
@@ -172,7 +170,7 @@ def test_train_trial_resumes_after_a_worker_node_is_killed(train_cluster, phanto
         return max((int(r["epoch"]) for r in run.read_epochs(FAMILY, tid)), default=0) if tid else 0
 
     # 1. the trial has reported 2 epochs: Train registered (and persisted) their checkpoints before Tune saw them
-    _wait(lambda: reported() >= 2, 150, "2 reported epochs", driver, errors)
+    _wait(lambda: reported() >= 2, 300, "2 reported epochs", driver, log)
     tid = trial_id()
     assert list((run.train_dir(FAMILY) / tid).glob("checkpoint_*")), "no Train checkpoint on the storage"
     ranks = [node for t, done, node in read_attempts(state) if t == tid]
@@ -188,15 +186,13 @@ def test_train_trial_resumes_after_a_worker_node_is_killed(train_cluster, phanto
 
     # 2. the node of one Train worker dies abruptly; a replacement joins so 2 workers fit again
     killed = kill_node_abruptly(cluster, victim)
-    assert any("TrainWorker" in name for name in killed), killed  # the Train worker itself was SIGKILLed
+    assert any("RayTrainWorker" in name for name in killed), killed  # the Train worker itself was SIGKILLed
     cluster.add_node(num_cpus=1)
-    _wait(lambda: run.trials(FAMILY)[0].failures >= 1, 120, "the failure to be recorded", driver, errors)
+    _wait(lambda: run.trials(FAMILY)[0].failures >= 1, 120, "the failure to be recorded", driver, log)
     last_before = reported()  # what the killed attempt had reported (the retry needs seconds to start)
     assert last_before < EPOCHS, "the trial finished before the node was killed: nothing tested"
 
-    driver.join(timeout=240)
-    assert not driver.is_alive() and not errors, errors
-
+    assert driver.wait(timeout=300) == 0, _tail(log)
     # 3. the retry resumed from the last checkpoint the killed attempt reported, on both ranks
     attempts = [done for t, done, _ in read_attempts(state) if t == tid]
     assert attempts[:WORKERS] == [0] * WORKERS
