@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,7 +45,9 @@ def _where() -> tuple[str, str]:
     try:
         import ray.tune
 
-        tid = ray.tune.get_context().get_trial_id()
+        with warnings.catch_warnings():  # a Train worker: Ray warns and returns None
+            warnings.simplefilter("ignore", UserWarning)
+            tid = ray.tune.get_context().get_trial_id()
     except Exception:  # noqa: BLE001 - not inside a Tune trial
         pass
     if not tid:
