@@ -23,7 +23,7 @@ from torchvision import models
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
 _LEGACY_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
@@ -54,7 +54,7 @@ class DenseNet161Net(nn.Module):
         if weights is not None:
             load_torchvision_weights(net, weights, remap=_remap_legacy)
         self.stem, net.features.conv0 = stem_and_conv(
-            params, spec.in_channels, net.features.conv0, weights is not None
+            params, spec.in_channels, net.features.conv0, weights is not None, slices=spec.depth
         )
         self.features = net.features
         self.act = nn.ReLU()
@@ -94,6 +94,7 @@ class DenseNet161(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "dropout": 0.2,
             "block_dropout": 0.0,
             "memory_efficient": False,

@@ -30,7 +30,7 @@ from ..engine.losses import PAPER_A, PAPER_B, balanced_weights, multitask_loss
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -63,7 +63,9 @@ class MultitaskUNetNet(nn.Module):
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
             load_torchvision_weights(r, weights)
-        self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
+        self.stem, r.conv1 = stem_and_conv(
+            params, spec.in_channels, r.conv1, weights is not None, slices=spec.depth
+        )
         self.enc0 = nn.Sequential(r.conv1, r.bn1, r.relu)  # H/2, 64
         self.pool0 = r.maxpool
         self.enc1, self.enc2, self.enc3, self.enc4 = r.layer1, r.layer2, r.layer3, r.layer4  # H/4 .. H/32
@@ -154,6 +156,7 @@ class MultitaskUNet(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "a": PAPER_A,
             "b": PAPER_B,
             "w0": None,

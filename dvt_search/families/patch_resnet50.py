@@ -28,7 +28,7 @@ from ..engine.metrics import patch_auc
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel
 
 POOLS = ("max", "lse")
 
@@ -43,7 +43,9 @@ class PatchResNet50Net(nn.Module):
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
             load_torchvision_weights(r, weights)
-        self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
+        self.stem, r.conv1 = stem_and_conv(
+            params, spec.in_channels, r.conv1, weights is not None, slices=spec.depth
+        )
         self.trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
         self.vein_head = nn.Conv2d(2048, 1, kernel_size=1)
         self.dvt_head = nn.Conv2d(2048, 1, kernel_size=1)
@@ -118,6 +120,7 @@ class PatchResNet50(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "pos_weight": 10.0,
             "slice_loss_weight": 1.0,
             "pool": "max",

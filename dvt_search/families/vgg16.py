@@ -25,7 +25,7 @@ from torchvision import models
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
 HEADS = ("classifier", "gap")
 
@@ -43,7 +43,7 @@ class VGG16Net(nn.Module):
         if weights is not None:
             load_torchvision_weights(net, weights)
         self.stem, net.features[0] = stem_and_conv(
-            params, spec.in_channels, net.features[0], weights is not None
+            params, spec.in_channels, net.features[0], weights is not None, slices=spec.depth
         )
         self.features = net.features
         self.gap = head == "gap"
@@ -88,6 +88,7 @@ class VGG16(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "head": "classifier",
             "dropout": 0.5,
             "batch_norm": False,
