@@ -66,7 +66,7 @@ class InputStem(nn.Module):
             index = torch.arange(in_channels)
         out = len(index)
         self.register_buffer("index", index, persistent=False)
-        self.repeat = mode == "replicate" and in_channels != 3
+        self.repeat = not torch.equal(index, torch.arange(in_channels))
         self.normalize = normalize
         if mode == "replicate":
             mean = torch.tensor(IMAGENET_MEAN).repeat(slices)
