@@ -42,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--params", nargs="*", default=[], metavar="K=V", help="parameter overrides, YAML-typed (lr=1e-4)"
     )
     t.add_argument("--epochs", type=int, default=1, help="epochs to train (default 1)")
-    t.add_argument("--size", type=int, default=512, help="network input side in pixels (default 512)")
+    t.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help="network input side in pixels (default 512; an input_size=N param overrides it)",
+    )
     t.add_argument(
         "--window",
         action="append",

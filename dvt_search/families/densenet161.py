@@ -8,6 +8,9 @@ The paper's decisive fix was dropout 0.2 before the replaced classification laye
 * ``memory_efficient``: checkpointed dense layers (less GPU memory, ~15-20 % slower).
 * ``stem``, ``pretrained_path``: as for VGG-16 (local torchvision ``densenet161`` ``state_dict``; the
   legacy ``norm.1``-style key names of the original ImageNet file are accepted).
+* ``input_size``, ``context_slices``: the network's own input side (``None`` = the run's ``--size``)
+  and ``±k`` neighbouring slices as extra channels (0 = the paper's single slice); see
+  :mod:`~dvt_search.families.torch_family`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Loss (eq. 4 generalised): ``a * ClsBCE + (1 - a) * (b * PixelBCE(w0, w1) + (1 - 
 ``train_loss_cls``, ``train_loss_pix``, ``train_loss_dice`` (paper Fig. 3), their ``val_`` versions and
 ``val_dice`` (hard Dice of ``seg > 0.5``, mean over slices, 1 for a slice with no vein and no
 prediction). The image side must be a multiple of 32.
+
+``input_size`` (a multiple of 32; ``None`` = the run's ``--size``) and ``context_slices`` (``±k``
+neighbouring slices as extra channels) choose the network's own input (:mod:`~dvt_search.families.torch_family`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ score comparable with the others. Loss: ``vein_bce + slice_loss_weight * slice_b
 (paper: 0.9) and ``val_auc`` the slice DVT AUC. The image side must be a multiple of 32.
 
 ``forward`` returns ``{"logit": [B], "vein": [B, g, g], "dvt": [B, g, g]}``.
+
+``input_size`` (a multiple of 32; ``None`` = the run's ``--size``) and ``context_slices`` (``±k``
+neighbouring slices as extra channels) choose the network's own input (:mod:`~dvt_search.families.torch_family`).
 """
 
 from __future__ import annotations

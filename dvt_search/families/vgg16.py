@@ -11,6 +11,9 @@ Knobs beyond the shared loop (:data:`~dvt_search.families.torch_family.COMMON_DE
   windows directly; pretrained RGB kernels summed).
 * ``pretrained_path``: local torchvision ImageNet ``state_dict`` of ``vgg16`` (or ``vgg16_bn`` with
   ``batch_norm``); never downloaded.
+* ``input_size``, ``context_slices``: the network's own input side (``None`` = the run's ``--size``)
+  and ``±k`` neighbouring slices as extra channels (0 = the paper's single slice); see
+  :mod:`~dvt_search.families.torch_family`.
 """
 
 from __future__ import annotations
