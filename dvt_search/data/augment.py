@@ -143,14 +143,16 @@ class Augment:
     def __call__(
         self, hu: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Augment a float32 HU slice and its uint8 0/1 mask (same 2D shape); returns new arrays."""
-        h, w = hu.shape
+        """Augment a float32 HU slice and its uint8 0/1 mask (same 2D shape); returns new arrays.
+
+        ``hu`` may also be a context stack ``[D, H, W]`` (:mod:`.context`): the one draw (warp, offset,
+        noise) applies to every slice of it alike; the mask is the centre slice's.
+        """
+        h, w = hu.shape[-2:]
         m, (shift, noise_sign, oy, ox) = self.draw(rng, h, w)
         out = np.ascontiguousarray(hu, dtype=np.float32)
         if self.is_geometric:
-            out = cv2.warpAffine(
-                out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER_HU
-            )
+            out = _warp_stack(out, m, (w, h))
             mask = cv2.warpAffine(
                 np.ascontiguousarray(mask, dtype=np.uint8),
                 m,
@@ -167,3 +169,16 @@ class Augment:
             sd = np.float32(self.noise_sd_hu if noise_sign < 0.5 else -self.noise_sd_hu)
             out += noise_bank(h, w)[oy : oy + h, ox : ox + w] * sd
         return out, mask
+
+
+def _warp_stack(hu: np.ndarray, m: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
+    """Bilinear warp of a slice ``[H, W]`` or of every slice of a stack ``[D, H, W]`` (air outside)."""
+
+    def one(x: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(
+            x, m, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=BORDER_HU
+        )
+
+    if hu.ndim == 2:
+        return one(hu)
+    return np.stack([one(np.ascontiguousarray(x)) for x in hu])

@@ -3,7 +3,8 @@
 :class:`CompactSlices` wraps a :class:`~.dataset.SliceDataset`. Per item it reads the HU slice (and the
 mask, only when the family's loss uses one) and ships
 
-* ``hu``: ``int16[1, H, W]`` HU at the stored slice size: non-finite values replaced as in
+* ``hu``: ``int16[D, H, W]`` HU at the stored slice size, ``D = 2k + 1`` context slices of the sample
+  (:attr:`.dataset.SliceDataset.context_rows`; ``D = 1`` without context), centre in the middle: non-finite values replaced as in
   :func:`.transform.clean_hu`, then rounded to the nearest integer and **clipped to the int16 range
   [-32768, 32767]** (every CT value fits; a float store loses its sub-HU fraction, at most 0.5 HU);
 * ``mask``: ``uint8[1, H, W]`` 0/1 (only with ``with_mask``);
@@ -74,6 +75,7 @@ class CompactSlices(Dataset):
         self.batch_transform = DeviceTransform(
             base.size, base.windows, base.augment, mask=self.with_mask, patches=patches
         )
+        self.context_slices = int(base.context_slices)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -95,6 +97,15 @@ class CompactSlices(Dataset):
         b = self.base
         return tuple(load_slice(b._images[i], b._image_index[i]).shape)  # type: ignore[return-value]
 
+    def _shipped(self, hu: np.ndarray, path: str) -> np.ndarray:
+        """One stored slice as int16 at :attr:`ship_shape` (resized first when stored at another size)."""
+        h, w = self.ship_shape
+        if hu.shape != (h, w):
+            if h != w:
+                raise SliceReadError(f"{path}: stored slices must be square, row 0 is {h}x{w}")
+            hu = resize_image(clean_hu(hu), h)
+        return to_int16_hu(hu)
+
     def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:
         b = self.base
         i = b._index(operator.index(i))
@@ -110,10 +121,15 @@ class CompactSlices(Dataset):
         if hu.shape != (h, w):
             if h != w:
                 raise SliceReadError(f"{b._images[i]}: stored slices must be square, row 0 is {h}x{w}")
-            hu = resize_image(clean_hu(hu), h)
             mask = resize_mask(mask, h) if mask is not None else None
+        if self.context_slices:
+            rows = [int(r) for r in b.context_rows[i]]
+            stack = [hu if j == i else load_slice(b._images[j], b._image_index[j]) for j in rows]
+            hu_t = torch.from_numpy(np.stack([self._shipped(x, b._images[j]) for x, j in zip(stack, rows)]))
+        else:
+            hu_t = torch.from_numpy(self._shipped(hu, b._images[i]))[None]
         item: dict[str, torch.Tensor] = {
-            "hu": torch.from_numpy(to_int16_hu(hu))[None],
+            "hu": hu_t,
             "label": torch.tensor(float(b.labels[i]), dtype=torch.float32),
             "index": torch.tensor(i, dtype=torch.int64),
         }

@@ -16,10 +16,18 @@ to vary augmentation deterministically (with ``persistent_workers=True`` workers
 rebuild the loader or leave persistence off when augmenting; :class:`~.compact.CompactSlices`, the
 compact view torch families train on, keeps its epoch in shared memory instead). Items here are the CPU
 reference that prediction, evaluation and deployment read.
+
+Slice context (2.5D): with ``context_slices = k > 0`` an item's ``image`` stacks the slice and its ``±k``
+neighbours of the same scan (:func:`.context.neighbour_rows`: slice order, edge slice repeated, never
+another scan's slice) as ``(2k + 1) x windows`` channels, slice-major, centre in the middle; every context
+slice is resized alike and one augmentation draw applies to all of them; ``mask`` and ``patches`` stay the
+centre slice's. :meth:`SliceDataset.with_input` is the same rows at another input size or context (what a
+model whose own input differs from the run's reads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import operator
@@ -35,6 +43,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import Augment, augment_rng
+from .context import neighbour_rows
 from .io import SliceReadError, load_slice
 from .schema import manifest_root, patches_from_mask, read_manifest, resolve
 from .spec import DataSpec
@@ -42,7 +51,7 @@ from .splits import PARTITIONS, load_splits, manifest_fingerprint
 from .transform import prepare_hu, resize_image, resize_mask, to_channels, to_u8
 from .windowing import parse_windows
 
-__all__ = ["SliceDataset", "build_datasets", "resize_image", "resize_mask", "spec_for"]
+__all__ = ["SliceDataset", "build_datasets", "resize_image", "resize_mask", "spec_at_input", "spec_for"]
 
 
 def _file_identity(root: Path, rel: str) -> list[Any]:
@@ -70,6 +79,7 @@ class SliceDataset(Dataset):
         windows: HU windows ``(level, width)`` or preset names, one image channel each.
         augment: training augmentation, or ``None`` (an identity :class:`Augment` counts as ``None``).
         seed: augmentation seed; sample ``i`` in epoch ``e`` is augmented by ``(seed, e, i)``.
+        context_slices: ``k`` neighbouring slices of the same scan on each side as extra channels.
     """
 
     def __init__(
@@ -81,9 +91,13 @@ class SliceDataset(Dataset):
         windows: Sequence[Any] = ((40.0, 400.0),),
         augment: Augment | None = None,
         seed: int = 0,
+        context_slices: int = 0,
     ) -> None:
         if int(size) < 1:
             raise ValueError(f"size must be >= 1, got {size}")
+        if int(context_slices) < 0:
+            raise ValueError(f"context_slices must be >= 0, got {context_slices}")
+        self.context_slices = int(context_slices)
         self.frame = manifest_df.reset_index(drop=True)
         self.root = Path(root)
         self.size = int(size)
@@ -128,7 +142,45 @@ class SliceDataset(Dataset):
             "size": self.size,
             "windows": [list(w) for w in self.windows],
         }
+        if self.context_slices:
+            doc["context_slices"] = self.context_slices
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    @cached_property
+    def context_rows(self) -> np.ndarray:
+        """``int64[n, 2k+1]``: the rows of each row's context slices (:func:`.context.neighbour_rows`)."""
+        f = self.frame
+        if not self.context_slices:
+            return np.arange(len(f), dtype=np.int64)[:, None]
+        return neighbour_rows(self.scan_ids, f["slice_index"].to_numpy(dtype=np.int64), self.context_slices)
+
+    def with_input(
+        self,
+        *,
+        size: int | None = None,
+        windows: Sequence[Any] | None = None,
+        context_slices: int | None = None,
+    ) -> SliceDataset:
+        """The same rows, augmentation, seed and epoch at another input (``None`` keeps a setting).
+
+        Returns ``self`` when nothing changes; the new dataset holds paths only, like this one.
+        """
+        size = self.size if size is None else int(size)
+        windows = self.windows if windows is None else parse_windows(windows)
+        k = self.context_slices if context_slices is None else int(context_slices)
+        if (size, tuple(windows), k) == (self.size, tuple(self.windows), self.context_slices):
+            return self
+        other = SliceDataset(
+            self.frame,
+            self.root,
+            size=size,
+            windows=windows,
+            augment=self.augment,
+            seed=self.seed,
+            context_slices=k,
+        )
+        other.epoch = self.epoch
+        return other
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (no effect without augmentation)."""
@@ -144,7 +196,7 @@ class SliceDataset(Dataset):
         return i
 
     def _read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Resized float32 HU and uint8 0/1 mask of row ``i``."""
+        """Resized float32 HU (``[S, S]``, or the context stack ``[2k+1, S, S]``) and uint8 0/1 mask of row ``i``."""
         mask = load_slice(self._masks[i], self._mask_index[i])
         hu = load_slice(self._images[i], self._image_index[i])
         if hu.shape != mask.shape:
@@ -153,7 +205,15 @@ class SliceDataset(Dataset):
                 f"row {i} (scan {row['scan_id']}, slice {row['slice_index']}): image {self._images[i]} "
                 f"shape {hu.shape} differs from mask {self._masks[i]} shape {mask.shape}"
             )
-        return prepare_hu(hu, self.size), resize_mask(mask, self.size)
+        if not self.context_slices:
+            return prepare_hu(hu, self.size), resize_mask(mask, self.size)
+        stack = [
+            prepare_hu(hu, self.size)
+            if j == i
+            else prepare_hu(load_slice(self._images[j], self._image_index[j]), self.size)
+            for j in (int(r) for r in self.context_rows[i])
+        ]
+        return np.stack(stack), resize_mask(mask, self.size)
 
     def __getitem__(self, i: Any) -> dict[str, torch.Tensor]:
         i = self._index(i)
@@ -173,7 +233,7 @@ class SliceDataset(Dataset):
     def window_u8(self, i: Any) -> np.ndarray:
         """Row ``i`` in the first window as ``uint8[size, size]``, never augmented (SIFT input)."""
         hu, _ = self._read(self._index(i))
-        return to_u8(hu, self.windows)
+        return to_u8(hu[self.context_slices] if hu.ndim == 3 else hu, self.windows)
 
     def mask_at(self, i: Any) -> np.ndarray:
         """Resized, unaugmented uint8 mask of row ``i`` (reads no image)."""
@@ -197,7 +257,21 @@ def spec_for(train: SliceDataset, *, max_masks: int = 256, seed: int = 0) -> Dat
         windows=train.windows,
         pos_fraction=float(train.labels.mean()),
         vein_fraction=vein,
+        context_slices=train.context_slices,
     )
+
+
+def spec_at_input(spec: DataSpec, train: SliceDataset, *, seed: int = 0) -> DataSpec:
+    """A model's own ``spec`` with ``vein_fraction`` measured at its input size (as :func:`spec_for`).
+
+    ``spec`` is the run's spec at the input a family chose (:meth:`DataSpec.with_input`); where its size
+    differs from ``train``'s, the masks shrink differently (any-coverage), so the fraction is re-measured
+    on ``train`` at that size. Otherwise ``spec`` is returned as it is.
+    """
+    if spec.image_size == train.size:
+        return spec
+    vein = spec_for(train.with_input(size=spec.image_size), seed=seed).vein_fraction
+    return dataclasses.replace(spec, vein_fraction=vein)
 
 
 def build_datasets(
@@ -209,11 +283,13 @@ def build_datasets(
     augment: Augment | None = None,
     seed: int = 0,
     fold: int | None = None,
+    context_slices: int = 0,
 ) -> dict[str, SliceDataset]:
     """``{"train", "val", "test"}`` datasets of a manifest and its verified ``splits.json``.
 
     The splits file must match the manifest's fingerprint (else :class:`~.splits.SplitsError`). Only the
     training dataset is augmented. With ``fold=k`` (k-fold splits) train/val are fold ``k``'s.
+    ``context_slices`` stacks ``±k`` neighbouring slices of each scan as channels (see the module docstring).
     """
     df = read_manifest(manifest_path)
     splits = load_splits(splits_path, manifest_df=df)
@@ -229,7 +305,13 @@ def build_datasets(
     root = manifest_root(manifest_path)
     return {
         p: SliceDataset(
-            r, root, size=size, windows=windows, augment=augment if p == "train" else None, seed=seed
+            r,
+            root,
+            size=size,
+            windows=windows,
+            augment=augment if p == "train" else None,
+            seed=seed,
+            context_slices=context_slices,
         )
         for p, r in rows.items()
     }

@@ -40,13 +40,19 @@ _BANKS: dict[tuple[int, int, str], Tensor] = {}
 
 
 def window_batch(hu: Tensor, windows: Sequence[Window]) -> Tensor:
-    """``float32[B, C, S, S]``: :func:`.windowing.window` of ``hu`` ``[B, 1, S, S]`` for each window."""
+    """``float32[B, D * C, S, S]``: :func:`.windowing.window` of ``hu`` ``[B, D, S, S]`` for each window.
+
+    ``D`` context slices give slice-major channels (channel ``d * C + w``), as
+    :func:`.transform.to_channels` of a stack; ``D = 1`` is one channel per window.
+    """
     out = []
     for level, width in windows:
         lo = torch.tensor(level - width / 2.0, dtype=torch.float32)
         scale = torch.tensor(1.0 / width, dtype=torch.float32)
         out.append(((hu - lo.to(hu.device)) * scale.to(hu.device)).clamp_(0.0, 1.0))
-    return torch.nan_to_num_(torch.cat(out, dim=1), nan=0.0)
+    b, d, h, w = hu.shape
+    stacked = torch.stack(out, dim=2).reshape(b, d * len(out), h, w)  # [B, D, C, ...] -> slice-major
+    return torch.nan_to_num_(stacked, nan=0.0)
 
 
 def area_matrix(src: int, dst: int, device: torch.device | None = None) -> Tensor:
@@ -121,7 +127,10 @@ def _bank(size: int, device: torch.device) -> Tensor:
 def augment_batch(
     augment: Augment, hu: Tensor, mask: Tensor | None, draws: Tensor
 ) -> tuple[Tensor, Tensor | None]:
-    """:meth:`.augment.Augment.__call__` of every sample, from its ``draws`` row (see :mod:`.compact`)."""
+    """:meth:`.augment.Augment.__call__` of every sample, from its ``draws`` row (see :mod:`.compact`).
+
+    ``hu`` is ``[B, D, S, S]``: one draw per sample, applied alike to its ``D`` context slices.
+    """
     size = hu.shape[-1]
     if augment.is_geometric:
         grid = sampling_grid(draws[:, :6].reshape(-1, 2, 3), size)
@@ -139,7 +148,7 @@ def augment_batch(
         sd = torch.where(draws[:, 7] < 0.5, augment.noise_sd_hu, -augment.noise_sd_hu).float()
         oy, ox = draws[:, 8].long().tolist(), draws[:, 9].long().tolist()
         noise = torch.stack([bank[y : y + size, x : x + size] for y, x in zip(oy, ox)])
-        hu = hu + (noise * sd.view(-1, 1, 1))[:, None]
+        hu = hu + (noise * sd.view(-1, 1, 1))[:, None]  # the same noise on every context slice
     return hu, mask
 
 
@@ -170,7 +179,10 @@ class DeviceTransform:
         self.patches = bool(patches)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A new batch dict: ``image`` (and ``mask``/``patches``) added; ``hu`` and ``aug`` removed."""
+        """A new batch dict: ``image`` (and ``mask``/``patches``) added; ``hu`` and ``aug`` removed.
+
+        ``hu`` is ``[B, D, H, W]`` (``D = 2k + 1`` context slices); ``image`` is ``[B, D * windows, S, S]``.
+        """
         out = {k: v for k, v in batch.items() if k not in ("hu", "aug", "mask")}
         hu = resize_hu(batch["hu"].float(), self.size)
         mask = resize_masks(batch["mask"].float(), self.size) if self.mask else None

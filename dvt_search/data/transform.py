@@ -13,6 +13,12 @@ functions, so an exported model preprocesses new slices exactly as its training 
    window as ``uint8[S, S]`` (``round(255 * channel 0)``, the SIFT baseline's input).
 
 :func:`network_input` and :func:`sift_input` are steps 1, 2 and 4 in one call (no augmentation).
+
+Slice context (2.5D, :mod:`.context`): a sample of a model with ``k`` context slices is the stack
+``float32[2k+1, H, W]`` of the slice and its neighbours (centre in the middle); each context slice goes
+through steps 1-2 on its own, augmentation applies one draw to the whole stack, and
+:func:`to_channels` of a stack is slice-major (:data:`CHANNEL_ORDER`). :func:`context_input` is steps 1, 2
+and 4 of a stack.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ RESIZE_METHOD = "OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging (
 WINDOW_FORMULA = "clip((HU - (level - width / 2)) / width, 0, 1)"
 #: The SIFT image of :func:`to_u8` (recorded in preprocess.json).
 U8_FORMULA = "uint8 round(255 * channel 0)"
+#: How the channels of a context stack are laid out (recorded in preprocess.json).
+CHANNEL_ORDER = "slice-major: channel d * n_windows + w = context slice d (0 .. 2k, centre k), window w"
 
 
 def clean_hu(hu: np.ndarray) -> np.ndarray:
@@ -68,7 +76,12 @@ def prepare_hu(hu: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_channels(hu: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
-    """Step 4: one windowed channel per ``(level, width)`` of a prepared slice, ``float32[C, S, S]``."""
+    """Step 4: one windowed channel per ``(level, width)`` of a prepared slice, ``float32[C, S, S]``.
+
+    A context stack ``[D, S, S]`` gives ``D x len(windows)`` channels, slice-major (:data:`CHANNEL_ORDER`).
+    """
+    if hu.ndim == 3:
+        return np.concatenate([multi_window(h, windows) for h in hu], axis=0)
     return multi_window(hu, windows)
 
 
@@ -81,6 +94,11 @@ def to_u8(hu: np.ndarray, windows: Sequence[Window]) -> np.ndarray:
 def network_input(hu: np.ndarray, size: int, windows: Sequence[Window]) -> np.ndarray:
     """``float32[C, size, size]`` network input of one raw HU slice (no augmentation)."""
     return to_channels(prepare_hu(hu, size), windows)
+
+
+def context_input(stack_hu: Sequence[np.ndarray], size: int, windows: Sequence[Window]) -> np.ndarray:
+    """``float32[D * C, size, size]`` network input of raw HU context slices (centre in the middle)."""
+    return to_channels(np.stack([prepare_hu(h, size) for h in stack_hu]), windows)
 
 
 def sift_input(hu: np.ndarray, size: int, windows: Sequence[Window]) -> np.ndarray:

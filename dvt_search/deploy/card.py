@@ -107,8 +107,15 @@ def model_card(
         "## Model",
         "",
         f"- Family: `{family}`; parameters: `{w['params']}`",
-        f"- Input: {model.spec.in_channels} HU window(s) {[list(x) for x in model.spec.windows]}, "
-        f"{model.spec.image_size} x {model.spec.image_size} pixels (see `preprocess.json`).",
+        f"- Input: {len(model.spec.windows)} HU window(s) {[list(x) for x in model.spec.windows]}, "
+        f"{model.spec.image_size} x {model.spec.image_size} pixels"
+        + (
+            f", each slice with its {model.spec.context_slices} neighbouring slice(s) on either side of the "
+            f"same series ({model.spec.in_channels} channels)"
+            if getattr(model.spec, "context_slices", 0)
+            else ""
+        )
+        + " (see `preprocess.json`).",
         f"- Output: per-slice DVT probability in [0, 1]; epochs trained: {w['epochs']}"
         f" (best epoch {w['best_epoch']}).",
         f"- Artifacts: TorchScript {'yes' if export_info.get('torchscript') else 'no'}; ONNX "

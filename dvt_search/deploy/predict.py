@@ -42,6 +42,7 @@ from dvt_search.deploy.scan_rule import decide, parse_scan_rule
 from dvt_search.deploy.scope import check_scope
 from dvt_search.families import get as get_family
 from dvt_search.families.base import ExportedScorer
+from dvt_search.families.deployed import context_stacks
 from dvt_search.fsutil import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,15 @@ class Exported:
         """Per-slice DVT probabilities of a ``[Z, H, W]`` HU volume."""
         return self.scorer.scores(volume_hu, batch_size=batch_size, device=device)
 
+    def slices_at(self, volume_hu: np.ndarray, index: Any) -> list[np.ndarray]:
+        """Slices ``index`` of a volume as the model reads them: 2-D, or with context their stacks."""
+        return context_stacks(volume_hu, [int(i) for i in index], self.spec.context_slices)
+
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
-        """Heat maps ``[N, S, S]`` in [0, 1] (Grad-CAM for CNN families; ``None`` where the family has none)."""
+        """Heat maps ``[N, S, S]`` in [0, 1] (Grad-CAM for CNN families; ``None`` where the family has none).
+
+        ``slices_hu`` as :meth:`slices_at` gives them (context stacks for a model with context).
+        """
         if not slices_hu:
             return None
         return self.scorer.heatmaps(slices_hu)
@@ -164,6 +172,7 @@ def predict_input(
         modality=series.modality,
         axial=series.axial,
         vein_detector=model.vein_fractions,
+        context_slices=model.spec.context_slices,
     )
     volume = series.volume
     probs = model.scores(volume, batch_size=batch_size, device=device)
@@ -175,7 +184,7 @@ def predict_input(
     atomic_write(out / "slices.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6f"))
     heat_files: list[str] = []
     idx = np.flatnonzero(positive)
-    maps = model.heatmaps([volume[i] for i in idx]) if heatmaps else None
+    maps = model.heatmaps(model.slices_at(volume, idx)) if heatmaps else None
     if maps is not None:
         spec = model.spec
         for k, heat in zip(idx, maps):

@@ -9,6 +9,12 @@ match the scores of the selected model:
 3. one channel per HU window ``(level, width)``: ``clip((HU - (level - width/2)) / width, 0, 1)``;
 4. float32, layout ``[C, size, size]`` (a batch is ``[B, C, size, size]``).
 
+A model trained with slice context (``context_slices = k > 0``, recorded in ``preprocess.json`` as
+``context``) reads each slice with its ``±k`` neighbours of the same series in z order, the edge slice
+repeated at the series' ends (:func:`dvt_search.data.context.volume_neighbours`); each goes through steps
+1-3 and the channels are slice-major, ``C = (2k + 1) x windows``. ``k = 0`` (and a ``preprocess.json``
+without ``context``) is the single slice.
+
 The SIFT baseline reads the first window as ``uint8`` (``round(255 * channel 0)``).
 """
 
@@ -33,6 +39,11 @@ __all__ = [
 ]
 
 PREPROCESS_FORMAT = "dvt-search-preprocess/1"
+#: How context slices are found (recorded in preprocess.json).
+CONTEXT_RULE = (
+    "slices z-k .. z+k of the same series in z order (slice 0 most inferior), the edge slice repeated "
+    "at either end; each slice preprocessed alike"
+)
 
 
 def preprocess_spec(model: Model) -> dict[str, Any]:
@@ -46,6 +57,11 @@ def preprocess_spec(model: Model) -> dict[str, Any]:
         "windows": [[float(lv), float(wd)] for lv, wd in spec.windows],
         "window_formula": transform.WINDOW_FORMULA,
         "channels": int(spec.in_channels),
+        "context": {
+            "context_slices": int(spec.context_slices),
+            "rule": CONTEXT_RULE,
+            "channel_order": transform.CHANNEL_ORDER,
+        },
         "layout": "float32 [batch, channels, size, size]",
         "sift_input": None,
         "slice_order": "slice_index 0 = most inferior slice of the series",
@@ -55,10 +71,15 @@ def preprocess_spec(model: Model) -> dict[str, Any]:
 
 
 def spec_from_preprocess(doc: dict[str, Any]) -> DataSpec:
-    """A :class:`DataSpec` with the size and windows of a ``preprocess.json`` document."""
+    """A :class:`DataSpec` with the size, windows and context slices of a ``preprocess.json`` document."""
     if doc.get("format") != PREPROCESS_FORMAT:
         raise ValueError(f"preprocess.json format {doc.get('format')!r}, expected {PREPROCESS_FORMAT!r}")
-    return DataSpec(image_size=int(doc["resize"]["size"]), windows=tuple(tuple(w) for w in doc["windows"]))
+    context = doc.get("context") or {}
+    return DataSpec(
+        image_size=int(doc["resize"]["size"]),
+        windows=tuple(tuple(w) for w in doc["windows"]),
+        context_slices=int(context.get("context_slices", 0)),
+    )
 
 
 def network_input(hu: np.ndarray, spec: DataSpec) -> np.ndarray:

@@ -89,6 +89,8 @@ from typing import Any
 
 import numpy as np
 
+from dvt_search.data.context import volume_neighbours
+
 SMOOTH_MM = 1.5
 BODY_HU = -500.0
 OPEN_MM = 4.0
@@ -295,6 +297,7 @@ def check_scope(
     modality: str | None,
     axial: bool = True,
     vein_detector: Callable[[list[np.ndarray]], np.ndarray | None] | None = None,
+    context_slices: int = 0,
 ) -> ScopeReport:
     """Out-of-scope warnings for a ``[Z, H, W]`` HU volume (see the module docstring for the criteria).
 
@@ -305,6 +308,8 @@ def check_scope(
         axial: whether the slices are axial.
         vein_detector: the exported model's ``vein_fractions`` (HU slices -> per-slice fraction of the
             slice seen as vein, or None without a detector); asked on the measured slices only.
+        context_slices: the model's ``k``: the detector is handed each measured slice's ``[2k+1, H, W]``
+            context stack (:func:`dvt_search.data.context.volume_neighbours`) instead of the 2-D slice.
     """
     warnings: list[str] = []
     checks: dict[str, Any] = {"modality": modality or "not recorded (CT assumed)"}
@@ -361,7 +366,13 @@ def check_scope(
             f"no enhanced vessels ({VESSEL_HU[0]:.0f}-{VESSEL_HU[1]:.0f} HU) in {len(unenhanced)} of "
             f"{len(body_slices)} slices: not a venous-phase contrast CT?"
         )
-    fractions = vein_detector([volume_hu[k] for k in picks]) if vein_detector is not None else None
+    if vein_detector is not None and context_slices:
+        rows = volume_neighbours(len(volume_hu), context_slices)
+        fractions = vein_detector([np.asarray(volume_hu)[rows[int(k)]] for k in picks])
+    elif vein_detector is not None:
+        fractions = vein_detector([volume_hu[k] for k in picks])
+    else:
+        fractions = None
     if fractions is None:
         checks["vein_detector"] = "none (the model has no vein detector)"
     else:

@@ -13,7 +13,8 @@ Metric names reported in :class:`EpochReport.metrics` (all floats):
   paper Fig. 3), ``val_patch_auc`` (patch model), ``val_dice``.
 
 Hooks with defaults (override where a family differs; callers never switch on ``Family.kind``):
-``Family.trial_needs`` / ``fit_options`` (the runtime and ``dvt-search train``), ``Family.count_parameters``
+``Family.trial_needs`` / ``fit_options`` (the runtime and ``dvt-search train``), ``Family.model_spec``
+(the model's own input size and slice context), ``Family.count_parameters``
 and ``Model.n_params`` (selection tie-breaks), ``Model.export`` / ``training_only_files`` /
 ``preprocess_notes`` (``dvt-search export``), ``Family.open_export`` (``dvt-search predict``: an
 :class:`ExportedScorer` with ``scores``, ``heatmaps`` and ``vein_fractions``). The
@@ -193,7 +194,12 @@ class ExportedScorer(Protocol):
         ...
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
-        """Maps ``[N, S, S]`` in [0, 1] explaining each slice's score, or ``None`` where the family has none."""
+        """Maps ``[N, S, S]`` in [0, 1] explaining each slice's score, or ``None`` where the family has none.
+
+        For a model with slice context (``spec.context_slices = k > 0``) each element is the slice's
+        ``[2k+1, H, W]`` stack (:func:`dvt_search.families.deployed.context_stacks`); a 2-D slice stands
+        for a one-slice volume. The same holds for :meth:`vein_fractions`.
+        """
         ...
 
     def vein_fractions(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
@@ -310,6 +316,17 @@ class Family(ABC):
         from .deployed import CheckpointScorer
 
         return CheckpointScorer(cls.load(directory), spec)
+
+    @classmethod
+    def model_spec(cls, params: Mapping[str, Any], spec: DataSpec) -> DataSpec:
+        """The input a model of ``params`` sees, given the run's ``spec`` (what ``build`` hands the model).
+
+        The default is the run's spec; the whole-slice CNN families choose their own ``input_size`` and
+        ``context_slices`` (:meth:`TorchFamily.model_spec
+        <dvt_search.families.torch_family.TorchFamily.model_spec>`). The runtime asks it before a trial to
+        recompute ``vein_fraction`` at the model's size.
+        """
+        return spec
 
     @classmethod
     def search_space_file(cls) -> str:

@@ -42,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--params", nargs="*", default=[], metavar="K=V", help="parameter overrides, YAML-typed (lr=1e-4)"
     )
     t.add_argument("--epochs", type=int, default=1, help="epochs to train (default 1)")
-    t.add_argument("--size", type=int, default=512, help="network input side in pixels (default 512)")
+    t.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help="network input side in pixels (default 512; an input_size=N param overrides it)",
+    )
     t.add_argument(
         "--window",
         action="append",
@@ -116,18 +121,21 @@ def _train(args: argparse.Namespace) -> int:
         params["seed"] = args.seed
     with tempfile.TemporaryDirectory(prefix="dvt-train-") as tmp:
         splits_path = args.splits or _temporary_splits(args.data, Path(tmp))
-        from ..data.dataset import build_datasets, spec_for
+        from ..data.dataset import build_datasets, spec_at_input, spec_for
 
         datasets = build_datasets(args.data, splits_path, size=args.size, windows=windows)
-        spec = spec_for(datasets["train"])
         try:
+            spec = spec_at_input(family.model_spec(params, spec_for(datasets["train"])), datasets["train"])
             model = family.build(params, spec)
         except (KeyError, ValueError) as exc:
             print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
             return 2
+        spec = model.spec
+        context = f", ±{spec.context_slices} context slices" if spec.context_slices else ""
         print(
             f"{family.name}: {len(datasets['train'])} train / {len(datasets['val'])} val slices at "
-            f"{args.size}px, {len(spec.windows)} window(s), positive fraction {spec.pos_fraction:.3f}"
+            f"{spec.image_size}px, {len(spec.windows)} window(s){context}, positive fraction "
+            f"{spec.pos_fraction:.3f}"
         )
 
         def show(report: Any, _model: Any) -> None:

@@ -3,6 +3,14 @@
 Nothing is ever downloaded: ImageNet weights come only from a local ``pretrained_path`` holding the
 torchvision ``state_dict`` of the *unmodified* network (loaded with ``weights_only=True``); the stem and
 head are adapted after loading.
+
+Slice context (``context_slices = k``): the input holds ``D = 2k + 1`` context slices of ``W`` windows each
+(slice-major channels, :data:`dvt_search.data.transform.CHANNEL_ORDER`). ``stem: replicate`` repeats each
+slice's windows to 3 channels and the first convolution takes ``3 x D`` inputs, each slice's group holding
+the pretrained RGB kernel divided by ``D`` (:func:`spread_conv`: a volume of ``D`` equal slices gives the
+pretrained response of one); ``stem: adapt`` feeds the ``D x W`` channels to a first convolution rebuilt by
+:func:`adapt_conv` (the pretrained kernel's RGB mean on every channel). Without pretrained weights the
+rebuilt convolution is freshly initialised. ``k = 0`` leaves every network exactly as it was.
 """
 
 from __future__ import annotations
@@ -36,23 +44,33 @@ def check_range(params: Mapping[str, Any], key: str, lo: float, hi: float) -> fl
 
 
 class InputStem(nn.Module):
-    """Maps the ``C`` HU-window channels to what the first convolution expects.
+    """Maps the ``C`` input channels (``slices`` context slices of ``C / slices`` windows) to what the first
+    convolution expects.
 
-    ``replicate``: repeat the channels cyclically to 3 (``[0, 0, 0]`` for one window). ``adapt``: pass the
-    ``C`` channels through (the first convolution is rebuilt with ``C`` inputs by :func:`adapt_conv`).
-    With pretrained weights the result is normalised with the ImageNet statistics (for ``adapt``, their
-    channel means), since those networks were trained on normalised inputs.
+    ``replicate``: repeat each slice's window channels cyclically to 3 (``[0, 0, 0]`` for one window and one
+    slice; ``3 x slices`` channels in all). ``adapt``: pass the ``C`` channels through (the first convolution
+    is rebuilt with ``C`` inputs by :func:`adapt_conv`). With pretrained weights the result is normalised
+    with the ImageNet statistics (for ``adapt``, their channel means), since those networks were trained on
+    normalised inputs.
     """
 
-    def __init__(self, in_channels: int, mode: str, normalize: bool) -> None:
+    def __init__(self, in_channels: int, mode: str, normalize: bool, slices: int = 1) -> None:
         super().__init__()
         self.mode = mode
-        out = 3 if mode == "replicate" else in_channels
-        self.register_buffer("index", torch.arange(out) % in_channels, persistent=False)
-        self.repeat = mode == "replicate" and in_channels != 3
+        if slices < 1 or in_channels % slices:
+            raise ValueError(f"{in_channels} input channels do not split into {slices} context slices")
+        per = in_channels // slices
+        if mode == "replicate":
+            index = torch.cat([d * per + torch.arange(3) % per for d in range(slices)])
+        else:
+            index = torch.arange(in_channels)
+        out = len(index)
+        self.register_buffer("index", index, persistent=False)
+        self.repeat = not torch.equal(index, torch.arange(in_channels))
         self.normalize = normalize
         if mode == "replicate":
-            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            mean = torch.tensor(IMAGENET_MEAN).repeat(slices)
+            std = torch.tensor(IMAGENET_STD).repeat(slices)
         else:
             mean = torch.full((out,), sum(IMAGENET_MEAN) / 3)
             std = torch.full((out,), sum(IMAGENET_STD) / 3)
@@ -98,6 +116,43 @@ def adapt_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d
     return new
 
 
+def spread_conv(conv: nn.Conv2d, slices: int, pretrained: bool) -> nn.Conv2d:
+    """``conv`` (3 RGB inputs) rebuilt for ``slices`` groups of 3: the kernel repeated per group / ``slices``.
+
+    Without pretrained kernels the new convolution is freshly initialised (Kaiming normal, fan-out).
+    """
+    if slices == 1:
+        return conv
+    new = _like(conv, conv.in_channels * slices)
+    with torch.no_grad():
+        if pretrained:
+            new.weight.copy_(conv.weight.repeat(1, slices, 1, 1) / slices)
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        else:
+            _fresh(new)
+    return new
+
+
+def _like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+
+
+def _fresh(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 def load_torchvision_weights(
     net: nn.Module,
     path: str | Path,
@@ -118,17 +173,21 @@ def load_torchvision_weights(
 
 
 def stem_and_conv(
-    params: Mapping[str, Any], in_channels: int, conv: nn.Conv2d, loaded: bool
+    params: Mapping[str, Any], in_channels: int, conv: nn.Conv2d, loaded: bool, *, slices: int = 1
 ) -> tuple[InputStem, nn.Conv2d]:
-    """The input stem and (for ``stem: adapt``) the rebuilt first convolution.
+    """The input stem and (for ``stem: adapt``, or context slices) the rebuilt first convolution.
 
     The stem normalises with ImageNet statistics whenever the configuration names pretrained weights
     (also when a checkpoint is loaded and the weights file is not read); ``loaded`` says whether ``conv``
-    holds pretrained kernels right now.
+    holds pretrained kernels right now. ``slices`` is ``2k + 1`` for ``k`` context slices.
     """
     mode = check_choice(params, "stem", STEMS)
-    stem = InputStem(in_channels, mode, normalize=params.get("pretrained_path") not in (None, ""))
-    return stem, adapt_conv(conv, in_channels, loaded) if mode == "adapt" else conv
+    stem = InputStem(
+        in_channels, mode, normalize=params.get("pretrained_path") not in (None, ""), slices=slices
+    )
+    if mode == "adapt":
+        return stem, adapt_conv(conv, in_channels, loaded)
+    return stem, spread_conv(conv, slices, loaded)
 
 
 def pretrained_path(params: Mapping[str, Any], load: bool) -> Path | None:

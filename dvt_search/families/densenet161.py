@@ -8,6 +8,9 @@ The paper's decisive fix was dropout 0.2 before the replaced classification laye
 * ``memory_efficient``: checkpointed dense layers (less GPU memory, ~15-20 % slower).
 * ``stem``, ``pretrained_path``: as for VGG-16 (local torchvision ``densenet161`` ``state_dict``; the
   legacy ``norm.1``-style key names of the original ImageNet file are accepted).
+* ``input_size``, ``context_slices``: the network's own input side (``None`` = the run's ``--size``)
+  and ``±k`` neighbouring slices as extra channels (0 = the paper's single slice); see
+  :mod:`~dvt_search.families.torch_family`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torchvision import models
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
 _LEGACY_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
@@ -54,7 +57,7 @@ class DenseNet161Net(nn.Module):
         if weights is not None:
             load_torchvision_weights(net, weights, remap=_remap_legacy)
         self.stem, net.features.conv0 = stem_and_conv(
-            params, spec.in_channels, net.features.conv0, weights is not None
+            params, spec.in_channels, net.features.conv0, weights is not None, slices=spec.depth
         )
         self.features = net.features
         self.act = nn.ReLU()
@@ -94,6 +97,7 @@ class DenseNet161(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "dropout": 0.2,
             "block_dropout": 0.0,
             "memory_efficient": False,

@@ -3,6 +3,13 @@
 :class:`HuSlices` is an in-memory dataset of raw HU slices that yields what
 :class:`dvt_search.data.dataset.SliceDataset` yields (``image``, ``window_u8``), through the same
 :mod:`dvt_search.data.transform` functions, so any family's :meth:`Model.predict` can read it.
+
+Slice context (a model with ``spec.context_slices = k > 0``): the slices of a volume are its z order and
+each one's ``±k`` neighbours come from :func:`dvt_search.data.context.volume_neighbours` (edge slice
+repeated), as a training slice's come from its scan. :func:`context_stacks` is the same rule for callers
+that hold the volume and want some of its slices; an element of a slice list given to
+:func:`network_inputs` may be such a ``[2k+1, H, W]`` stack, a plain 2-D slice then standing for a
+one-slice volume (its own neighbours).
 """
 
 from __future__ import annotations
@@ -13,24 +20,62 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import transform
+from ..data.context import volume_neighbours
 from ..data.spec import DataSpec
 
 if TYPE_CHECKING:
     from .base import Model
 
 
+def context_stacks(volume_hu: np.ndarray, index: Sequence[int], k: int) -> list[np.ndarray]:
+    """Slices ``index`` of a ``[Z, H, W]`` volume: 2-D for ``k = 0``, else each one's ``[2k+1, H, W]`` stack."""
+    if not k:
+        return [volume_hu[int(i)] for i in index]
+    rows = volume_neighbours(len(volume_hu), k)
+    return [np.asarray(volume_hu)[rows[int(i)]] for i in index]
+
+
+def network_inputs(slices_hu: Sequence[np.ndarray], spec: DataSpec) -> np.ndarray:
+    """``float32[N, C, S, S]`` network inputs of HU slices (2-D) or context stacks ``[2k+1, H, W]``.
+
+    A 2-D slice given to a model with context is repeated to its ``2k + 1`` context slices (a one-slice
+    volume); a stack must hold exactly ``2k + 1`` slices.
+    """
+    k = int(getattr(spec, "context_slices", 0))
+    out = []
+    for s in slices_hu:
+        s = np.asarray(s)
+        if s.ndim == 2 and not k:
+            out.append(transform.network_input(s, spec.image_size, spec.windows))
+            continue
+        stack = s[None].repeat(2 * k + 1, axis=0) if s.ndim == 2 else s
+        if stack.ndim != 3 or len(stack) != 2 * k + 1:
+            raise ValueError(
+                f"a model with {k} context slices takes [{2 * k + 1}, H, W] stacks, got {s.shape}"
+            )
+        out.append(transform.context_input(stack, spec.image_size, spec.windows))
+    return (
+        np.stack(out)
+        if out
+        else np.zeros((0, spec.in_channels, spec.image_size, spec.image_size), np.float32)
+    )
+
+
 class HuSlices:
     """Raw HU slices (no labels, no masks) preprocessed as in training, without augmentation.
 
     Args:
-        slices: 2-D HU arrays (any size; resized to ``spec.image_size``).
-        spec: the model's input size and HU windows.
+        slices: 2-D HU arrays (any size; resized to ``spec.image_size``) in the volume's z order: with
+            ``spec.context_slices = k`` item ``i`` stacks slices ``i-k .. i+k`` (edge slice repeated).
+        spec: the model's input size, HU windows and context slices.
     """
 
     def __init__(self, slices: Sequence[np.ndarray], spec: DataSpec) -> None:
         self.slices = list(slices)
         self.size = int(spec.image_size)
         self.windows = tuple(spec.windows)
+        self.context_slices = int(getattr(spec, "context_slices", 0))
+        self._rows = volume_neighbours(len(self.slices), self.context_slices)
 
     def __len__(self) -> int:
         return len(self.slices)
@@ -43,7 +88,11 @@ class HuSlices:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        image = transform.network_input(self.slices[i], self.size, self.windows)
+        if self.context_slices:
+            stack = [self.slices[int(j)] for j in self._rows[i]]
+            image = transform.context_input(stack, self.size, self.windows)
+        else:
+            image = transform.network_input(self.slices[i], self.size, self.windows)
         return {
             "image": torch.from_numpy(image),
             "label": torch.tensor(0.0),

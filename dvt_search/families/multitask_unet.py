@@ -13,6 +13,9 @@ Loss (eq. 4 generalised): ``a * ClsBCE + (1 - a) * (b * PixelBCE(w0, w1) + (1 - 
 ``train_loss_cls``, ``train_loss_pix``, ``train_loss_dice`` (paper Fig. 3), their ``val_`` versions and
 ``val_dice`` (hard Dice of ``seg > 0.5``, mean over slices, 1 for a slice with no vein and no
 prediction). The image side must be a multiple of 32.
+
+``input_size`` (a multiple of 32; ``None`` = the run's ``--size``) and ``context_slices`` (``±k``
+neighbouring slices as extra channels) choose the network's own input (:mod:`~dvt_search.families.torch_family`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..engine.losses import PAPER_A, PAPER_B, balanced_weights, multitask_loss
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -63,7 +66,9 @@ class MultitaskUNetNet(nn.Module):
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
             load_torchvision_weights(r, weights)
-        self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
+        self.stem, r.conv1 = stem_and_conv(
+            params, spec.in_channels, r.conv1, weights is not None, slices=spec.depth
+        )
         self.enc0 = nn.Sequential(r.conv1, r.bn1, r.relu)  # H/2, 64
         self.pool0 = r.maxpool
         self.enc1, self.enc2, self.enc3, self.enc4 = r.layer1, r.layer2, r.layer3, r.layer4  # H/4 .. H/32
@@ -154,6 +159,7 @@ class MultitaskUNet(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "a": PAPER_A,
             "b": PAPER_B,
             "w0": None,

@@ -10,6 +10,9 @@ score comparable with the others. Loss: ``vein_bce + slice_loss_weight * slice_b
 (paper: 0.9) and ``val_auc`` the slice DVT AUC. The image side must be a multiple of 32.
 
 ``forward`` returns ``{"logit": [B], "vein": [B, g, g], "dvt": [B, g, g]}``.
+
+``input_size`` (a multiple of 32; ``None`` = the run's ``--size``) and ``context_slices`` (``±k``
+neighbouring slices as extra channels) choose the network's own input (:mod:`~dvt_search.families.torch_family`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..engine.metrics import patch_auc
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel
 
 POOLS = ("max", "lse")
 
@@ -43,7 +46,9 @@ class PatchResNet50Net(nn.Module):
         weights = pretrained_path(params, load_pretrained)
         if weights is not None:
             load_torchvision_weights(r, weights)
-        self.stem, r.conv1 = stem_and_conv(params, spec.in_channels, r.conv1, weights is not None)
+        self.stem, r.conv1 = stem_and_conv(
+            params, spec.in_channels, r.conv1, weights is not None, slices=spec.depth
+        )
         self.trunk = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1, r.layer2, r.layer3, r.layer4)
         self.vein_head = nn.Conv2d(2048, 1, kernel_size=1)
         self.dvt_head = nn.Conv2d(2048, 1, kernel_size=1)
@@ -118,6 +123,7 @@ class PatchResNet50(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "pos_weight": 10.0,
             "slice_loss_weight": 1.0,
             "pool": "max",

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..data import transform
 from .base import DataSpec
+from .deployed import context_stacks, network_inputs
 
 if TYPE_CHECKING:
     from .torch_family import TorchFamily, TorchModel
@@ -151,19 +151,23 @@ class TorchScriptScorer:
             raise FileNotFoundError(f"{self.directory}: no {TORCHSCRIPT_FILE} (not a torch-family export)")
 
     def _inputs(self, slices_hu: Any) -> np.ndarray:
-        return np.stack(
-            [transform.network_input(s, self.spec.image_size, self.spec.windows) for s in slices_hu]
-        )
+        """Network inputs of 2-D slices or context stacks (:func:`.deployed.network_inputs`)."""
+        return network_inputs(list(slices_hu), self.spec)
 
     def scores(self, volume_hu: np.ndarray, *, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
-        """``float64[Z]`` probabilities of a ``[Z, H, W]`` HU volume from the TorchScript module."""
+        """``float64[Z]`` probabilities of a ``[Z, H, W]`` HU volume from the TorchScript module.
+
+        With context slices each slice's neighbours come from the whole volume (not from its batch).
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript deprecation notice
             net = torch.jit.load(str(self.directory / TORCHSCRIPT_FILE), map_location=device).eval()
+        k = int(getattr(self.spec, "context_slices", 0))
         out = []
         with torch.inference_mode():
             for i in range(0, len(volume_hu), batch_size):
-                x = self._inputs(volume_hu[i : i + batch_size])
+                idx = range(i, min(i + batch_size, len(volume_hu)))
+                x = self._inputs(context_stacks(volume_hu, idx, k))
                 out.append(net(torch.from_numpy(x).to(device)).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
@@ -175,7 +179,11 @@ class TorchScriptScorer:
         return self._model
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
-        """Grad-CAM maps ``[N, S, S]`` in [0, 1] of the eager network (on the CPU)."""
+        """Grad-CAM maps ``[N, S, S]`` in [0, 1] of the eager network (on the CPU).
+
+        Each element is a 2-D slice or, for a model with context, its ``[2k+1, H, W]`` stack
+        (:func:`.deployed.context_stacks`).
+        """
         if not slices_hu:
             return None
         from ..engine.cam import grad_cam

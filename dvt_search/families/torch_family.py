@@ -10,7 +10,14 @@ slice DVT logit). Checkpoint directory (written atomically)::
 
 Training batches are compact (:mod:`dvt_search.data.compact`: int16 HU, the uint8 mask only for a
 family whose :attr:`TorchModel.batch_targets` name it) and finished on the trial's device; ``predict`` /
-``evaluate`` read the datasets they are given as they are (the CPU reference path deployment uses).
+``evaluate`` read the datasets they are given (the CPU reference path deployment uses).
+
+A model's input is its own (:attr:`Model.spec`): the whole-slice families take ``input_size`` (``None`` =
+the run's ``--size``) and ``context_slices`` (``k``: the ``±k`` neighbouring slices of the same scan as
+extra channels, 0 = the paper's single slice) as params (:data:`INPUT_DEFAULTS`,
+:meth:`TorchFamily.model_spec`). A :class:`~dvt_search.data.dataset.SliceDataset` handed to ``fit`` /
+``predict`` / ``evaluate`` at the run's input is read at the model's
+(:meth:`~dvt_search.data.dataset.SliceDataset.with_input`), so the store stays at its native size.
 
 ``fit(data, epochs)`` on a loaded model continues from ``epochs_done`` at the same schedule position;
 data order, dropout and augmentation are seeded per ``(seed, epoch)``, so on the CPU a resumed run
@@ -69,7 +76,33 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
 }
 
+#: The network input knobs of the whole-slice families (see the module docstring; resolved by
+#: :meth:`TorchFamily.model_spec`).
+INPUT_DEFAULTS: dict[str, Any] = {"input_size": None, "context_slices": 0}
+#: The most context slices on each side a model may take.
+MAX_CONTEXT_SLICES = 8
+
 _LOOP_FIELDS = {f.name for f in dataclasses.fields(LoopConfig)}
+
+
+def input_spec(params: Mapping[str, Any], spec: DataSpec) -> DataSpec:
+    """``spec`` with the ``input_size`` / ``context_slices`` of ``params`` (absent or ``None``: kept).
+
+    Raises:
+        ValueError: a size below 8 or a context outside ``0 .. MAX_CONTEXT_SLICES``, naming the param.
+    """
+    size, k = params.get("input_size"), params.get("context_slices")
+    if size is not None:
+        if isinstance(size, bool) or int(size) != size or int(size) < 8:
+            raise ValueError(f"parameter 'input_size' must be an integer >= 8 or null, got {size!r}")
+        size = int(size)
+    if k is not None:
+        if isinstance(k, bool) or int(k) != k or not 0 <= int(k) <= MAX_CONTEXT_SLICES:
+            raise ValueError(
+                f"parameter 'context_slices' must be an integer in [0, {MAX_CONTEXT_SLICES}], got {k!r}"
+            )
+        k = int(k)
+    return spec.with_input(image_size=size, context_slices=k)
 
 
 def slice_bce(outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -148,21 +181,31 @@ class TorchModel(Model):
         """Whether training batches must carry the vein mask (for the mask itself or the patch targets)."""
         return bool(self.batch_targets & {"mask", "patches"})
 
-    def training_view(self, dataset: Any) -> Any:
-        """What the loop trains/validates on: a :class:`~dvt_search.data.dataset.SliceDataset` becomes its
-        compact view (int16 HU, a uint8 mask only when :attr:`uses_masks`), finished on the device; any
-        other dataset is used as it is."""
+    def input_view(self, dataset: Any) -> Any:
+        """A :class:`~dvt_search.data.dataset.SliceDataset` at this model's input (size, windows, context
+        slices of :attr:`spec`); any other dataset as it is (it must yield the model's input itself)."""
         if not isinstance(dataset, SliceDataset):
             return dataset
-        return CompactSlices(dataset, with_mask=self.uses_masks, patches="patches" in self.batch_targets)
+        s = self.spec
+        return dataset.with_input(size=s.image_size, windows=s.windows, context_slices=s.context_slices)
+
+    def training_view(self, dataset: Any) -> Any:
+        """What the loop trains/validates on: a :class:`~dvt_search.data.dataset.SliceDataset` becomes its
+        compact view at the model's input (int16 HU of the context slices, a uint8 mask only when
+        :attr:`uses_masks`), finished on the device; any other dataset is used as it is."""
+        if not isinstance(dataset, SliceDataset):
+            return dataset
+        return CompactSlices(
+            self.input_view(dataset), with_mask=self.uses_masks, patches="patches" in self.batch_targets
+        )
 
     def _check_data(self, dataset: Any, what: str) -> None:
-        image = dataset[0]["image"]
+        image = self.input_view(dataset)[0]["image"]
         expected = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
         if tuple(image.shape) != expected:
             raise ValueError(
                 f"{self.family}: {what} images have shape {tuple(image.shape)} but the model's data spec "
-                f"expects {expected} (channels = HU windows, image_size)"
+                f"expects {expected} (channels = (2 x context_slices + 1) x HU windows, image_size)"
             )
 
     def fit(
@@ -232,7 +275,8 @@ class TorchModel(Model):
     ) -> np.ndarray:
         """Per-slice DVT probabilities (``float64[len(dataset)]``), on the module's device by default."""
         cfg, dev = self._inference_config(device, batch_size, num_workers)
-        return loop.run_inference(self.module, self, dataset, cfg, dev, with_loss=False)["scores"]
+        data = self.input_view(dataset)
+        return loop.run_inference(self.module, self, data, cfg, dev, with_loss=False)["scores"]
 
     def evaluate(
         self,
@@ -245,7 +289,7 @@ class TorchModel(Model):
     ) -> dict[str, float]:
         """Loss, AUC, precision/recall (at this set's Youden threshold) and extras on ``dataset``."""
         cfg, dev = self._inference_config(device, batch_size, num_workers)
-        return loop.evaluate(self.module, self, dataset, cfg, dev, prefix=prefix)
+        return loop.evaluate(self.module, self, self.input_view(dataset), cfg, dev, prefix=prefix)
 
     # ----------------------------------------------------------------- parameters and export
     training_only_files: ClassVar[frozenset[str]] = frozenset({TRAIN_STATE_FILE})
@@ -322,8 +366,14 @@ class TorchFamily(Family):
         return {"device": device}
 
     @classmethod
+    def model_spec(cls, params: Mapping[str, Any], spec: DataSpec) -> DataSpec:
+        """The run's ``spec`` at the input the params choose (``input_size``, ``context_slices``)."""
+        return input_spec(cls.resolve_params(params), spec)
+
+    @classmethod
     def build(cls, params: Mapping[str, Any], spec: DataSpec) -> TorchModel:
-        return cls.model_cls(cls.resolve_params(params), spec)
+        resolved = cls.resolve_params(params)
+        return cls.model_cls(resolved, input_spec(resolved, spec))
 
     @classmethod
     def load(cls, directory: str | Path) -> TorchModel:

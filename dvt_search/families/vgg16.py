@@ -11,6 +11,9 @@ Knobs beyond the shared loop (:data:`~dvt_search.families.torch_family.COMMON_DE
   windows directly; pretrained RGB kernels summed).
 * ``pretrained_path``: local torchvision ImageNet ``state_dict`` of ``vgg16`` (or ``vgg16_bn`` with
   ``batch_norm``); never downloaded.
+* ``input_size``, ``context_slices``: the network's own input side (``None`` = the run's ``--size``)
+  and ``±k`` neighbouring slices as extra channels (0 = the paper's single slice); see
+  :mod:`~dvt_search.families.torch_family`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torchvision import models
 from . import register
 from .base import DataSpec
 from .cnn_parts import check_choice, check_range, load_torchvision_weights, pretrained_path, stem_and_conv
-from .torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel, slice_bce
+from .torch_family import COMMON_DEFAULTS, INPUT_DEFAULTS, TorchFamily, TorchModel, slice_bce
 
 HEADS = ("classifier", "gap")
 
@@ -43,7 +46,7 @@ class VGG16Net(nn.Module):
         if weights is not None:
             load_torchvision_weights(net, weights)
         self.stem, net.features[0] = stem_and_conv(
-            params, spec.in_channels, net.features[0], weights is not None
+            params, spec.in_channels, net.features[0], weights is not None, slices=spec.depth
         )
         self.features = net.features
         self.gap = head == "gap"
@@ -88,6 +91,7 @@ class VGG16(TorchFamily):
     def default_params(cls) -> dict[str, Any]:
         return {
             **COMMON_DEFAULTS,
+            **INPUT_DEFAULTS,
             "head": "classifier",
             "dropout": 0.5,
             "batch_norm": False,

@@ -74,15 +74,21 @@ def misclassified_cases(
         if errors.empty:
             notes.append(f"{fam}: no mis-classified test slice at the chosen threshold.")
             continue
+        spec = model.spec
         ds = build_datasets(
-            manifest_path, run.splits_file, size=model.spec.image_size, windows=model.spec.windows
+            manifest_path,
+            run.splits_file,
+            size=spec.image_size,
+            windows=spec.windows,
+            context_slices=getattr(spec, "context_slices", 0),
         )["test"]
+        centre = getattr(spec, "context_slices", 0) * len(spec.windows)  # the slice itself, first window
         images = torch.stack([ds[int(r)]["image"] for r in errors["row"]])
         module.cpu()
         maps = grad_cam(module, images).numpy()
         out[fam] = [
             {
-                "image": images[i, 0].numpy(),
+                "image": images[i, centre].numpy(),
                 "cam": maps[i],
                 "kind": r.kind,
                 "scan_id": r.scan_id,

@@ -97,7 +97,12 @@ def register(subparsers: Any) -> None:
         "--resume", action="store_true", help="continue an interrupted run (same studies, same budget)"
     )
     p.add_argument("--address", help="join a running Ray cluster ('auto' or host:port); default: local Ray")
-    p.add_argument("--size", type=int, default=512, help="network input side in pixels (default: 512)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help="network input side in pixels (default: 512); a family's input_size param overrides it",
+    )
     p.add_argument(
         "--windows",
         type=_windows,

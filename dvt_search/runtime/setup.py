@@ -15,6 +15,7 @@ everything that defines them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from collections.abc import Mapping
@@ -147,6 +148,7 @@ class TrialContext:
 
 
 _DATA: dict[tuple[Any, ...], dict[str, Any]] = {}
+_VEIN: dict[tuple[Any, ...], DataSpec] = {}
 
 
 def datasets(ctx: TrialContext) -> dict[str, Any]:
@@ -168,3 +170,25 @@ def datasets(ctx: TrialContext) -> dict[str, Any]:
             seed=ctx.config.seed,
         )
     return _DATA[key]
+
+
+def model_spec(ctx: TrialContext, params: Mapping[str, Any]) -> DataSpec:
+    """The data spec a trial's model is built with: the run's, at the input its family's params choose.
+
+    A family with its own input size (:meth:`~dvt_search.families.base.Family.model_spec`) gets the
+    training vein fraction re-measured at that size (once per process and size).
+    """
+    if ctx.spec is None:
+        raise RuntimeError(f"{ctx.run.run_file}: no data spec recorded; the driver computes it before trials")
+    spec = families.get(ctx.family).model_spec(params, ctx.spec)
+    if spec.image_size == ctx.spec.image_size:
+        return spec
+    key = (ctx.data_key, spec.image_size)
+    if key not in _VEIN:
+        from dvt_search.data.dataset import spec_at_input
+
+        _VEIN.clear()
+        _VEIN[key] = spec_at_input(
+            ctx.spec.with_input(image_size=spec.image_size), datasets(ctx)["train"], seed=ctx.config.seed
+        )
+    return dataclasses.replace(spec, vein_fraction=_VEIN[key].vein_fraction)

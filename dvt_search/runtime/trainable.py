@@ -45,7 +45,7 @@ from dvt_search.families.base import EpochReport, FitData, Model
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
 from .console import epoch_line, trial_logger
-from .setup import TrialContext, datasets, train_worker_cpus
+from .setup import TrialContext, datasets, model_spec, train_worker_cpus
 from .storage import StorageError, check_marker, failure_result, storage_message
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _build_or_resume(
     values = dict(params)
     if "max_epochs" in family.default_params() and "max_epochs" not in values:
         values["max_epochs"] = ctx.budget  # LR-schedule horizon = the search budget
-    return family.build(values, ctx.spec)
+    return family.build(values, model_spec(ctx, values))
 
 
 def _fit_data(ctx: TrialContext) -> FitData:

@@ -1,0 +1,190 @@
+"""What slice context alone buys: each CNN family with ``context_slices`` 0 vs 2, same data, same budget.
+
+On a phantom (the ``standard`` preset by default) every family is trained once per context setting with the
+same knobs, the same seed, the same epochs and the same per-configuration CPU time budget (training stops
+after the epoch in which the budget ran out), then scored on the validation and test partitions. AUCs
+carry the clustered (Obuchowski) 95 % interval by patient (:func:`dvt_search.stats.clustered.clustered_auc_ci`,
+the project's primary rule). The ``vein_cascade`` family is included when it is registered
+(:func:`dvt_search.families.names`), skipped otherwise; a family without a ``context_slices`` knob runs
+once, with its own defaults (row ``k = own``).
+
+Full run (the figure the issue asks for; about 1-2 h on 2 CPU cores; a GPU is far faster)::
+
+    python bench/bench_context.py --size 256 --patients 24 --slices-per-scan 24 --epochs 4 \\
+        --cpu-budget-s 900 --threads 2 --out reports/bench_context_256.json
+
+Smoke run (proves it works, < 2 min on 2 cores)::
+
+    python bench/bench_context.py --size 64 --patients 6 --slices-per-scan 6 --epochs 1 \\
+        --families vgg16 --train-rows 48 --cpu-budget-s 60
+
+The budget is stated in the output header (threads x seconds per configuration). Nothing here is a
+timed assertion; the numbers are what one run measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dvt_search import families  # noqa: E402
+from dvt_search.data.dataset import SliceDataset, build_datasets, spec_at_input, spec_for  # noqa: E402
+from dvt_search.data.phantom import generate  # noqa: E402
+from dvt_search.data.schema import read_manifest  # noqa: E402
+from dvt_search.data.splits import make_splits  # noqa: E402
+from dvt_search.families.base import FitData  # noqa: E402
+from dvt_search.stats.clustered import clustered_auc_ci  # noqa: E402
+
+CNN = ("vgg16", "densenet161", "multitask_unet", "patch_resnet50")
+#: Knobs that keep a CPU run affordable (the same for k = 0 and k = 2).
+FAST: dict[str, dict[str, Any]] = {"vgg16": {"head": "gap", "batch_norm": True}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=256, help="phantom slice side and network input (default 256)")
+    p.add_argument("--patients", type=int, default=16, help="phantom patients (default 16)")
+    p.add_argument("--slices-per-scan", type=int, default=16, help="mean slices per scan (default 16)")
+    p.add_argument("--preset", default="standard", help="phantom preset (default standard)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="an existing manifest.parquet instead of a new phantom"
+    )
+    p.add_argument(
+        "--families", default=None, help="comma-separated (default: the CNN families + vein_cascade)"
+    )
+    p.add_argument("--context", default="0,2", help="context_slices values to compare (default 0,2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per configuration (default 2)")
+    p.add_argument("--cpu-budget-s", type=float, default=600.0, help="training seconds per configuration")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the CPU budget's cores)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-rows", type=int, default=0, help="cap on training slices (0 = all)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+def default_families() -> list[str]:
+    names = families.names()
+    return [f for f in (*CNN, "vein_cascade") if f in names]
+
+
+def interval(y: np.ndarray, s: np.ndarray, patients: np.ndarray) -> dict[str, Any]:
+    ci = clustered_auc_ci(y, s, patients)
+    return {"auc": ci.estimate, "low": ci.low, "high": ci.high, "note": ci.note}
+
+
+def run_one(
+    name: str, k: int | None, data: dict[str, SliceDataset], train: SliceDataset, args: argparse.Namespace
+) -> dict[str, Any]:
+    fam = families.get(name)
+    params: dict[str, Any] = {**FAST.get(name, {}), "seed": args.seed}
+    defaults = fam.default_params()
+    for key, value in (("batch_size", args.batch_size), ("lr", args.lr), ("max_epochs", args.epochs)):
+        if key in defaults:
+            params[key] = value
+    if k is not None:
+        params["context_slices"] = k
+    spec = spec_at_input(fam.model_spec(params, spec_for(train, seed=args.seed)), train, seed=args.seed)
+    model = fam.build(params, spec)
+    start = time.perf_counter()
+
+    def budget(report: Any, _model: Any) -> bool:
+        return time.perf_counter() - start > args.cpu_budget_s
+
+    kwargs = fam.fit_options(device=args.device, cpus=args.threads, use_cache=False)
+    model.fit(FitData(train=train, val=data["val"]), args.epochs, callback=budget, **kwargs)
+    train_s = time.perf_counter() - start
+    row: dict[str, Any] = {
+        "family": name,
+        "context_slices": "own" if k is None else k,
+        "epochs": model.epochs_done,
+        "train_s": round(train_s, 1),
+    }
+    for part in ("val", "test"):
+        ds = data[part]
+        scores = np.asarray(model.predict(ds), np.float64)
+        row[part] = interval(ds.labels, scores, ds.patient_ids)
+    return row
+
+
+def fmt(r: dict[str, Any], part: str) -> str:
+    a = r[part]
+    if not np.isfinite(a["auc"]):
+        return "   n/a            "
+    ci = f"[{a['low']:.2f}, {a['high']:.2f}]" if np.isfinite(a["low"]) else "[n/a]"
+    return f"{a['auc']:.3f} {ci:<12}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    names = args.families.split(",") if args.families else default_families()
+    contexts = [int(v) for v in args.context.split(",")]
+    with tempfile.TemporaryDirectory(prefix="dvt-bench-context-") as tmp:
+        if args.data is None:
+            t = time.perf_counter()
+            manifest = generate(
+                Path(tmp) / "phantom",
+                patients=args.patients,
+                seed=args.seed,
+                size=args.size,
+                slices_per_scan=args.slices_per_scan,
+                preset=args.preset,
+            )
+            print(
+                f"phantom {args.preset} {args.size}^2, {args.patients} patients in {time.perf_counter() - t:.0f} s"
+            )
+        else:
+            manifest = args.data
+        splits_path = make_splits(read_manifest(manifest), seed=args.seed).save(Path(tmp) / "splits.json")
+        data = build_datasets(manifest, splits_path, size=args.size)
+        train = data["train"]
+        if args.train_rows and len(train) > args.train_rows:
+            step = -(-len(train) // args.train_rows)
+            train = SliceDataset(train.frame.iloc[::step], train.root, size=train.size, windows=train.windows)
+        print(
+            f"{len(train)} train / {len(data['val'])} val / {len(data['test'])} test slices; "
+            f"test patients {len(set(data['test'].patient_ids))}"
+        )
+        print(
+            f"budget per configuration: {args.epochs} epoch(s), at most {args.cpu_budget_s:.0f} s of training "
+            f"on {args.threads} CPU thread(s) (device {args.device}); same knobs and seed for every k"
+        )
+        rows = []
+        for name in names:
+            if name not in families.names():
+                print(f"{name}: not registered, skipped")
+                continue
+            ks: list[int | None] = (
+                list(contexts) if "context_slices" in families.get(name).default_params() else [None]
+            )
+            for k in ks:
+                rows.append(run_one(name, k, data, train, args))
+                r = rows[-1]
+                print(
+                    f"{r['family']:<15} k={r['context_slices']!s:<4} epochs {r['epochs']}  {r['train_s']:>7.1f} s  "
+                    f"val AUC {fmt(r, 'val')} test AUC {fmt(r, 'test')}",
+                    flush=True,
+                )
+    if args.out is not None:
+        doc = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2, default=float))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
