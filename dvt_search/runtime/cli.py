@@ -130,7 +130,7 @@ def register(subparsers: Any) -> None:
         metavar="N|auto",
         help="GPUs per trial (per worker); fractions pack trials. auto: measure each batch size's peak GPU "
         "memory once (a few real steps on a GPU node, kept in <run>/gpu_memory.json) and give each trial "
-        "the smallest 1/k of a GPU it fits with a 15%% margin + 0.75 GiB per process; a trial that runs "
+        "the smallest 1/k of a GPU it fits with a 15%% margin + 0.75 GiB per process. Any trial that runs "
         "out of GPU memory fails at once (not retried)",
     )
     p.add_argument(
