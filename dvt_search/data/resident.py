@@ -109,7 +109,7 @@ class ResidentSlices(Dataset):
             for k, v in item.items():
                 host[k][i] = v
         out = host if on_host else {k: v.to(self.device) for k, v in host.items()}
-        log.debug("resident: %d samples loaded in %.1f s", n, time.perf_counter() - t0)
+        self.load_s = time.perf_counter() - t0
         return out
 
     @property
@@ -213,7 +213,8 @@ def plan_resident(
     )
     budget = f"budget {size_text(float(budget_bytes))}"
     if parts:
-        message = f"resident data: {' + '.join(parts)}, {size_text(used)} in {place} ({budget})"
+        load_s = sum(v.load_s for v in out if isinstance(v, ResidentSlices))
+        message = f"resident data: {' + '.join(parts)}, {size_text(used)} in {place} ({budget}), loaded in {load_s:.1f} s"
         if skipped:
             message += f"; from the store: {'; '.join(skipped)}"
     else:

@@ -20,7 +20,6 @@ reproduces an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import DataLoader
 from ..data.compact import CompactSlices
 from ..data.dataset import SliceDataset
 from ..data.resident import GIB, plan_resident
+from ..data.resident import log as resident_log
 from ..engine import loop
 from ..engine.checkpoint import cpu_state, load_tensors
 from ..engine.device import resolve_device
@@ -51,8 +51,6 @@ from .base import (
     TrialNeeds,
     read_meta,
 )
-
-log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -171,8 +169,10 @@ class TorchModel(Model):
             where=data.resident_on,
             device=resolve_device(device),
         )
-        if is_main:
-            (log.info if any(plan.resident) else log.warning)("%s: %s", self.family, plan.message)
+        if is_main:  # on the resident module's logger: the runtime shows it in the trial's log
+            (resident_log.info if any(plan.resident) else resident_log.warning)(
+                "%s: %s", self.family, plan.message
+            )
         return plan.views
 
     def _check_data(self, dataset: Any, what: str) -> None:

@@ -65,6 +65,17 @@ def _limit_threads(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def _show_resident_log(trial_log: logging.Logger) -> None:
+    """Route the resident-data line (what a trial holds in memory, or why not) into the trial's log."""
+    from dvt_search.data.resident import log as resident_log
+
+    resident_log.setLevel(logging.INFO)
+    resident_log.propagate = False
+    for handler in trial_log.handlers:
+        if handler not in resident_log.handlers:
+            resident_log.addHandler(handler)
+
+
 def _quiet_checkpoint_logs() -> None:
     """Ray logs one INFO line per persisted checkpoint (every epoch of every trial); keep warnings only."""
     for name in ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage"):
@@ -170,6 +181,7 @@ def run_trial(config: dict[str, Any]) -> None:
         return
     _limit_threads(ctx.needs.cpus)
     epochs = trial_logger()
+    _show_resident_log(epochs)
     family = families.get(ctx.family)
     store = TrialCheckpoints(ctx.train_storage / trial_id, keep=ctx.config.keep_checkpoints)
     model = _build_or_resume(family, config["params"], ctx, store.latest())
@@ -209,6 +221,7 @@ def train_worker(config: dict[str, Any]) -> None:
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
 
     epochs = trial_logger()
+    _show_resident_log(epochs)
 
     def sink(metrics: dict[str, float], model: Model) -> None:
         if rank != 0:

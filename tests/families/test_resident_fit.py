@@ -32,7 +32,7 @@ def test_resident_fit_equals_store_fit(tiny, caplog) -> None:
         return [r.metrics for r in model.fit(data, 2, device="cpu")]
 
     store = fit()
-    with caplog.at_level(logging.INFO, logger="dvt_search.families.torch_family"):
+    with caplog.at_level(logging.INFO, logger="dvt_search.data.resident"):
         resident = fit(resident_budget_gb=1.0)
         off = fit(resident_budget_gb=1e-6)  # 1 KiB: nothing fits, so the store path
     for a, b, c in zip(store, resident, off, strict=True):

@@ -46,9 +46,11 @@ def test_an_oom_trial_fails_once_not_retried_and_is_fail_in_optuna(ray_2_cpus, p
         manifest=phantom, storage=tmp_path / "runs", name="oom", families=["tiny_cnn_oom"], trials=1,
         max_epochs=3, size=32, space_dir=spaces, plugins=[PLUGIN], max_failures=2, scheduler="fifo",
         progress_every_s=1e9, include_dashboard=False,
+        resident_budget_gb=1.0,  # the trial trains from resident slices (run.json -> FitData -> fit)
     )  # fmt: skip
     best = run_search(opts)
     run = RunDir(tmp_path / "runs" / "oom")
+    assert run.read_info().config.resources.resident_budget_gb == 1.0
     (rec,) = run.trials("tiny_cnn_oom")
     assert rec.status == "failed" and rec.failures == 1 and rec.epochs == 1
     assert rec.error.startswith(OOM_TAG), rec.error
