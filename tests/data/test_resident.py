@@ -100,3 +100,16 @@ def test_plan_keeps_what_fits_and_says_so(store) -> None:
     assert off.message.startswith("resident data off") and f"train needs {size_text(need)}" in off.message
     with pytest.raises(ValueError, match="host"):
         plan_resident({"train": train}, budget_bytes=GIB, where="ram")
+
+
+@pytest.mark.gpu
+def test_gpu_resident_and_pinned_batches_equal_the_store_batches(store) -> None:
+    """On a GPU: batches gathered on the device, or into pinned host buffers, equal the store's."""
+    expected = _epochs(_view(store, mask=True), epochs=2)
+    for resident in (ResidentSlices(_view(store, mask=True), device="cuda"),
+                     ResidentSlices(_view(store, mask=True), pin=True)):  # fmt: skip
+        got = _epochs(resident, epochs=2)
+        for e_epoch, g_epoch in zip(expected, got, strict=True):
+            for e, g in zip(e_epoch, g_epoch, strict=True):
+                assert all(torch.equal(e[k], g[k].cpu()) for k in e)
+        assert resident.device.type == "cuda" or got[0][0]["hu"].is_pinned()

@@ -61,3 +61,17 @@ def test_a_trial_that_never_fits_names_its_need() -> None:
 def test_probe_on_cpu_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         probe_peak_bytes(object(), 4, device="cpu")
+
+
+@pytest.mark.gpu
+def test_probe_counts_weights_gradients_adam_and_activations() -> None:
+    """On a GPU: the peak exceeds weights + grads + two Adam moments, and grows with the batch."""
+    from dvt_search import families
+    from dvt_search.data.spec import DataSpec
+
+    spec = DataSpec(image_size=128)
+    small = families.get("multitask_unet").build({"batch_size": 2}, spec)
+    states = 4 * sum(p.numel() * p.element_size() for p in small.module.parameters())
+    peak2 = probe_peak_bytes(small, 2)
+    peak16 = probe_peak_bytes(families.get("multitask_unet").build({"batch_size": 16}, spec), 16)
+    assert states < peak2 < peak16
