@@ -24,6 +24,7 @@ smoke test of this script, not a measurement).
 
     python bench/gpu_feed_check.py --quick [--families vgg16,densenet161,multitask_unet,patch_resnet50]
         [--size 512] [--batch 32] [--epochs 3] [--loader-workers 4] [--pack 4] [--json OUT]
+        [--resident-on host|device] [--skip synthetic,real,probe,resident,pack]
 """
 
 from __future__ import annotations
