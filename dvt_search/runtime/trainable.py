@@ -23,6 +23,12 @@ shared cache the driver pre-warmed.
 Every trial process first checks it sees the run directory the driver wrote (:mod:`.storage`); a node
 that does not ends the trial at once as ``failed`` with a message naming the node and the path.
 
+A trial that runs out of GPU memory (``torch.OutOfMemoryError``, in its own process or in a Ray Train
+worker) ends at once as ``failed``, not retried, with a message naming family, batch size, image size, GPU
+share and measured need (:mod:`.failures`). Under ``--gpus-per-trial auto`` a trial's share is the one
+the driver measured for its batch size (:mod:`.packing`); resident data (``--resident-budget-gb``) is
+said in the trial's log.
+
 A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
 driver killed before Tune's next experiment snapshot restores it as unfinished.
 """

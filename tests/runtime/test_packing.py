@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from dvt_testkit_runtime import report_assigned_resources
 from ray.tune import PlacementGroupFactory
 
 from dvt_search.data.spec import DataSpec, InputSpec
@@ -105,3 +106,28 @@ def test_a_batch_size_that_never_fits_stops_the_run(tmp_path) -> None:
 def test_no_plan_without_auto_or_for_cpu_families(tmp_path) -> None:
     ctx = _ctx(tmp_path, "sift_bow_svm")  # a CPU family: its trials hold no GPU even under auto
     assert plan_gpus(ctx, load_family_space(SPACES, "sift_bow_svm"), GPU_NODES) is None
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_tune_reserves_each_trials_own_share(tmp_path) -> None:
+    """Ray 2.60 calls the plan per trial: a node advertising one GPU (no CUDA needed to schedule) gives
+    the batch-8 trial 1/8 and the batch-32 trial 1/2 of it."""
+    import ray
+    from ray import tune
+
+    if ray.is_initialized():
+        ray.shutdown()  # another topology: the next module's fixture starts its own instance again
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        plan = GpuPlan("multitask_unet", 0.5, {8: 0.125, 32: 0.5})
+        tuner = tune.Tuner(
+            tune.with_resources(report_assigned_resources, plan),
+            param_space={"params": {"batch_size": tune.grid_search([8, 32])}},
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="pack", verbose=0),
+        )
+        results = tuner.fit()
+        got = sorted((int(r.metrics["batch"]), float(r.metrics["gpu"])) for r in results)
+    finally:
+        ray.shutdown()
+    assert got == [(8, 0.125), (32, 0.5)]
