@@ -8,7 +8,13 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
     items from ``--loader-workers`` persistent workers, the device transform, validation each epoch): the
     engine's ``img_per_s``, median of the epochs after the first. Reported as real / synthetic (goal >= 0.95;
     0.48 for the multitask model before this data path);
-(3) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
+(3) memory probe (``--gpus-per-trial auto``): per family, the peak GPU memory of a few real training steps
+    at ``--size`` / ``--batch`` (:func:`dvt_search.engine.memory.probe_peak_bytes`, what the search
+    measures once per run) and the share of this GPU ``auto`` would give one trial (``gpu_share``);
+    skipped without CUDA;
+(4) resident vs store: (2) for ``--pack-family`` with its compact slices resident (``--resident-on``:
+    pinned host memory or the GPU) against the store path (the (2) figure), img/s each;
+(5) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
     ``--pack-batch`` at the same time on the one GPU, against one such process alone: aggregate img/s ratio.
     Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process).
 
@@ -18,6 +24,7 @@ smoke test of this script, not a measurement).
 
     python bench/gpu_feed_check.py --quick [--families vgg16,densenet161,multitask_unet,patch_resnet50]
         [--size 512] [--batch 32] [--epochs 3] [--loader-workers 4] [--pack 4] [--json OUT]
+        [--resident-on host|device] [--skip synthetic,real,probe,resident,pack]
 """
 
 from __future__ import annotations
@@ -102,9 +109,19 @@ def synthetic_img_s(name: str, spec: Any, batch: int, device: str, steps: int) -
 
 
 def real_img_s(
-    name: str, manifest: str, size: int, batch: int, device: str, epochs: int, workers: int, limit: int = 0
+    name: str,
+    manifest: str,
+    size: int,
+    batch: int,
+    device: str,
+    epochs: int,
+    workers: int,
+    limit: int = 0,
+    resident_gb: float = 0.0,
+    resident_on: str = "host",
 ):
-    """Steady img/s of a real fit (median of epochs 2..) and the epochs' figures."""
+    """Steady img/s of a real fit (median of epochs 2..) and the epochs' figures (``resident_gb`` > 0:
+    the compact slices held in memory when they fit)."""
     import torch
 
     from dvt_search import families
@@ -114,9 +131,31 @@ def real_img_s(
         torch.set_num_threads(1)
     train, val, spec = datasets(Path(manifest), size, limit)
     model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
-    reports = model.fit(FitData(train=train, val=val, num_workers=workers), epochs, device=device)
+    data = FitData(
+        train=train, val=val, num_workers=workers, resident_budget_gb=resident_gb, resident_on=resident_on
+    )
+    reports = model.fit(data, epochs, device=device)
     values = [r.metrics["img_per_s"] for r in reports]
     return statistics.median(values[1:] if len(values) > 1 else values), values
+
+
+def probe(name: str, spec: Any, batch: int) -> dict[str, Any]:
+    """Measured peak GPU bytes of ``name`` at ``batch`` and the ``auto`` share of this GPU."""
+    import torch
+
+    from dvt_search import families
+    from dvt_search.engine.memory import GIB, PackingError, gpu_memory_bytes, gpu_share, probe_peak_bytes
+
+    model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
+    peak = probe_peak_bytes(model, batch, device="cuda", steps=3)
+    total, _ = gpu_memory_bytes("cuda")
+    del model
+    torch.cuda.empty_cache()
+    try:
+        share: float | str = gpu_share(peak, total, what=f"{name} at batch size {batch}")
+    except PackingError as exc:
+        share = str(exc)
+    return {"peak_gib": peak / GIB, "gpu_gib": total / GIB, "auto_share": share}
 
 
 def _pack_worker(args: tuple, queue: Any) -> None:
@@ -157,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack", type=int, default=4, help="processes sharing the GPU (as 1/pack GPU trials)")
     p.add_argument("--pack-family", default="multitask_unet")
     p.add_argument("--pack-batch", type=int, default=8)
-    p.add_argument("--skip", default="", help="comma list of parts to skip: synthetic,real,pack")
+    p.add_argument("--resident-on", choices=("host", "device"), default="host")
+    p.add_argument(
+        "--skip", default="", help="comma list of parts to skip: synthetic,real,probe,resident,pack"
+    )
     p.add_argument("--json", type=Path, help="write the figures here too")
     args = p.parse_args(argv)
     import torch
@@ -206,6 +248,42 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:<16}{row.get('synthetic', float('nan')):>16.1f}{row.get('real', float('nan')):>12.1f}"
                 f"{row.get('ratio', float('nan')):>16.2f}",
+                flush=True,
+            )
+        if "probe" not in skip:
+            if device != "cuda":
+                print("probe: skipped (no CUDA device: GPU memory cannot be measured)")
+            else:
+                print(f"{'family':<16}{'peak GiB':>10}{'GPU GiB':>9}{'auto share':>12}  (batch {args.batch})")
+                out["probe"] = {}
+                for name in args.families.split(","):
+                    row = out["probe"][name] = probe(name, spec, args.batch)
+                    share = row["auto_share"]
+                    print(
+                        f"{name:<16}{row['peak_gib']:>10.2f}{row['gpu_gib']:>9.1f}"
+                        f"{share if isinstance(share, str) else f'{share:g}':>12}",
+                        flush=True,
+                    )
+        if "resident" not in skip:
+            base = out["families"].get(args.pack_family, {}).get("real")
+            if base is None:
+                base = real_img_s(
+                    args.pack_family, str(manifest), args.size, args.batch, device, args.epochs,
+                    args.loader_workers, limit,
+                )[0]  # fmt: skip
+            res = real_img_s(
+                args.pack_family, str(manifest), args.size, args.batch, device, args.epochs, 0, limit,
+                resident_gb=64.0, resident_on=args.resident_on,
+            )[0]  # fmt: skip
+            out["resident"] = {
+                "family": args.pack_family,
+                "store": base,
+                "resident": res,
+                "on": args.resident_on,
+            }
+            print(
+                f"resident ({args.resident_on}) vs store, {args.pack_family} batch {args.batch}: "
+                f"{res:.1f} vs {base:.1f} img/s = {res / base:.2f}x",
                 flush=True,
             )
         if "pack" not in skip:

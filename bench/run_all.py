@@ -19,6 +19,7 @@ BENCHES = {
     "phantom": ["bench_phantom.py"],
     "learnability": ["phantom_learnability.py"],
     "dataset": ["bench_dataset.py"],
+    "resident": ["bench_resident.py"],
     "dicom": ["bench_dicom.py"],
     "scope": ["bench_scope.py"],
     "families": ["bench_families.py", "--device", "cpu"],

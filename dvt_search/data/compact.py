@@ -135,7 +135,15 @@ class CompactSlices(Dataset):
         }
         if mask is not None:
             item["mask"] = torch.from_numpy((np.asarray(mask) > 0).astype(np.uint8))[None]
-        if b.augment is not None:
-            m, (shift, sign, oy, ox) = b.augment.draw(augment_rng(b.seed, self.epoch, i), b.size, b.size)
-            item["aug"] = torch.from_numpy(np.concatenate([m.ravel(), [shift, sign, oy, ox]]))
+        draws = self.aug_draws(i)
+        if draws is not None:
+            item["aug"] = draws
         return item
+
+    def aug_draws(self, i: int) -> torch.Tensor | None:
+        """Row ``i``'s ``aug`` (``float64[10]``) in the current epoch, or ``None`` without augmentation."""
+        b = self.base
+        if b.augment is None:
+            return None
+        m, (shift, sign, oy, ox) = b.augment.draw(augment_rng(b.seed, self.epoch, i), b.size, b.size)
+        return torch.from_numpy(np.concatenate([m.ravel(), [shift, sign, oy, ox]]))

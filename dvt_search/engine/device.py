@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -54,23 +54,35 @@ def make_loader(
     pin_memory: bool = False,
     persistent: bool = False,
 ) -> DataLoader:
-    """A deterministic DataLoader: shuffling and worker seeds come from ``generator`` only.
+    """A deterministic DataLoader: the shuffled order comes from ``generator`` only, the same with or
+    without (persistent) workers.
 
     With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
     allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they
     are started afresh each epoch, so a plain ``set_epoch`` does.
+
+    A dataset may dictate ``num_workers`` / ``pin_memory`` / ``collate_fn`` through a ``loader_settings``
+    mapping (a resident dataset, :mod:`dvt_search.data.resident`, serves whole batches in this process).
     """
+    settings = dict(getattr(dataset, "loader_settings", None) or {})
+    num_workers = int(settings.pop("num_workers", num_workers))
+    pin_memory = bool(settings.pop("pin_memory", pin_memory))
     keep = persistent and num_workers > 0 and shares_epoch(dataset)
+    # The order comes from ``generator`` alone: DataLoader would also draw its workers' base seed from it,
+    # once per iterator, so persistent workers (one iterator) and fresh ones (one per epoch) would see
+    # different orders. Workers' base seeds come from torch's global RNG (seeded per epoch by the loop).
+    sampler = RandomSampler(dataset, generator=generator) if shuffle and generator is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,
         worker_init_fn=_worker_init if num_workers else None,
         persistent_workers=keep,
+        **settings,
     )
 
 

@@ -51,6 +51,10 @@ class FitData:
     val: Any
     cache_dir: Path | None = None
     num_workers: int = 0
+    #: hold the compact training (then validation) slices in memory when they fit this many GiB (0: off;
+    #: :mod:`dvt_search.data.resident`); ``resident_on``: ``host`` (pinned on a GPU trial) or ``device``
+    resident_budget_gb: float = 0.0
+    resident_on: str = "host"
 
 
 @dataclass

@@ -39,6 +39,8 @@ from torch.utils.data import DataLoader
 
 from ..data.compact import CompactSlices
 from ..data.dataset import SliceDataset
+from ..data.resident import GIB, plan_resident
+from ..data.resident import log as resident_log
 from ..engine import loop
 from ..engine.checkpoint import cpu_state, load_tensors
 from ..engine.device import resolve_device
@@ -199,6 +201,23 @@ class TorchModel(Model):
             self.input_view(dataset), with_mask=self.uses_masks, patches="patches" in self.batch_targets
         )
 
+    def _views(self, data: FitData, device: str | torch.device, is_main: bool) -> tuple[Any, Any]:
+        """The training and validation views; resident in memory where ``data`` asks and they fit."""
+        train, val = self.training_view(data.train), self.training_view(data.val)
+        if data.resident_budget_gb <= 0:
+            return train, val
+        plan = plan_resident(
+            {"train": train, "val": val},
+            budget_bytes=data.resident_budget_gb * GIB,
+            where=data.resident_on,
+            device=resolve_device(device),
+        )
+        if is_main:  # on the resident module's logger: the runtime shows it in the trial's log
+            (resident_log.info if any(plan.resident) else resident_log.warning)(
+                "%s: %s", self.family, plan.message
+            )
+        return plan.views
+
     def _check_data(self, dataset: Any, what: str) -> None:
         image = self.input_view(dataset)[0]["image"]
         expected = (self.spec.in_channels, self.spec.image_size, self.spec.image_size)
@@ -243,11 +262,12 @@ class TorchModel(Model):
             reports.append(report)
             return bool(callback(report, self)) if callback is not None else False
 
+        train_view, val_view = self._views(data, device, is_main)
         loop.fit(
             self.module,
             self,
-            self.training_view(data.train),
-            self.training_view(data.val),
+            train_view,
+            val_view,
             cfg,
             start_epoch=self.epochs_done,
             end_epoch=epochs,

@@ -91,6 +91,13 @@ class ResourceConfig:
     train_workers: int = 1
     trainer: str = "direct"
     loader_workers: int = 0
+    #: ``--gpus-per-trial auto``: ``gpus_per_trial`` is then 1 (what the memory probe holds) and each
+    #: trial reserves the share measured for its batch size (``runtime/packing.py``)
+    gpus_auto: bool = False
+    #: hold the compact training/validation slices in memory up to this many GiB per trial (0: off)
+    resident_budget_gb: float = 0.0
+    #: where resident slices live: ``host`` (pinned on a GPU trial) or ``device`` (the trial's GPU)
+    resident_on: str = "host"
 
 
 @dataclass(frozen=True)

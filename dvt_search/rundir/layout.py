@@ -56,6 +56,7 @@ SELECTION_FILE = "selection.json"
 COMPARISON_FILE = "comparison.json"
 TEST_LOG_FILE = "test_evaluations.jsonl"
 STORAGE_MARKER_FILE = ".dvt-storage-marker"
+GPU_MEMORY_FILE = "gpu_memory.json"
 PREDICTIONS_FILES = {"val": "val_predictions.parquet", "test": "test_predictions.parquet"}
 #: The small top-level files of a finished run (what ``dvt-search pull`` fetches besides trial records).
 SUMMARY_FILES = (
@@ -198,6 +199,12 @@ class RunDir:
             return self.storage_marker.read_text().strip()
         except FileNotFoundError:
             return None
+
+    @property
+    def gpu_memory_file(self) -> Path:
+        """Measured GPU memory per (family, batch size, image size) and the shares picked from it
+        (``--gpus-per-trial auto``; measured once per run, :mod:`dvt_search.runtime.packing`)."""
+        return self.path / GPU_MEMORY_FILE
 
     def storage_probe(self) -> Path:
         """A fresh, unique probe file name in the run directory (the shared-storage check writes it)."""

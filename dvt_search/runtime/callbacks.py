@@ -8,8 +8,9 @@ selector reads, with no Ray): ``trial.json`` on start / each result / completion
 ``ray-train`` trials (``TuneReportCallback``). The callback's state (best checkpoint per trial,
 accumulated wall time) is part of Tune's experiment snapshot, so a resumed driver continues it; a trial
 whose record is already final when Tune restarts it (a snapshot older than the records) is left as it is.
-A trial whose node failed the storage check (its one result holds ``storage_error``, :mod:`.storage`) is
-recorded ``failed`` with that message.
+A trial that ended with a not-retried failure (its last result holds ``storage_error`` or ``oom_error``:
+a node without the run directory, or out of GPU memory; :mod:`.failures`) is recorded ``failed`` with
+that message.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from dvt_search import families
 from dvt_search.fsutil import atomic_directory
 from dvt_search.rundir import FINAL, RunDir, TrialRecord
 
-from .storage import STORAGE_ERROR_KEY
+from .failures import FATAL_KEYS, fatal_error
 
 log = logging.getLogger(__name__)
 
 #: Result key holding the path of the epoch's checkpoint (the key ``TuneReportCallback`` uses too).
 CHECKPOINT_KEY = "checkpoint_path"
+
+#: Key of the per-trial callback state holding a not-retried failure's message (:mod:`.failures`).
+FATAL = "fatal_error"
 
 #: Keys Tune (or TuneReportCallback) adds to a result that are not the family's metrics.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
@@ -45,7 +49,7 @@ _NOT_METRICS = set(AUTO_RESULT_KEYS) | {
     "should_checkpoint",
     "checkpoint_path",
     "train_placement_group",
-    STORAGE_ERROR_KEY,
+    *FATAL_KEYS,
     "iterations_since_restore",
     "time_since_restore",
 }
@@ -198,9 +202,10 @@ class RecordsCallback(Callback):
         if trial.trial_id in self._final_before:
             return
         self._started.setdefault(trial.trial_id, time.monotonic())
-        if result.get(STORAGE_ERROR_KEY):  # the trial's node does not see the run directory (.storage)
-            self._state.setdefault(trial.trial_id, {})[STORAGE_ERROR_KEY] = str(result[STORAGE_ERROR_KEY])
-            log.error("%s trial %s failed: %s", self.family, trial.trial_id, result[STORAGE_ERROR_KEY])
+        fatal = fatal_error(result)  # no storage on the node, out of GPU memory: not retried (.failures)
+        if fatal:
+            self._state.setdefault(trial.trial_id, {})[FATAL] = fatal
+            log.error("%s trial %s failed: %s", self.family, trial.trial_id, fatal)
             return
         metrics = epoch_metrics(result)
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
@@ -234,7 +239,7 @@ class RecordsCallback(Callback):
         if trial.trial_id in self._final_before:
             return
         rec = self._record(trial)
-        blind = self._state.get(trial.trial_id, {}).get(STORAGE_ERROR_KEY)
+        blind = self._state.get(trial.trial_id, {}).get(FATAL)
         if blind:  # a clear failure, not retried: the user must fix the node's mount
             rec.failures += 1
             self.run.write_trial(rec)
@@ -304,7 +309,7 @@ class ProgressCallback(Callback):
     def _end(self, trial: Any, error: bool) -> None:
         self._running.discard(trial.trial_id)
         epoch = int((trial.last_result or {}).get("epoch", 0))
-        error = error or bool((trial.last_result or {}).get(STORAGE_ERROR_KEY))
+        error = error or bool(fatal_error(trial.last_result))
         self._ended[trial.trial_id] = (
             "failed" if error else ("completed" if epoch >= self.budget else "stopped")
         )

@@ -45,6 +45,19 @@ def _windows(text: str) -> list[list[float]]:
         ) from None
 
 
+def _gpus(text: str) -> float | str:
+    """``auto`` or a number >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--gpus-per-trial: expected a number >= 0 or auto, got {text!r}")
+    return value
+
+
 def _loader_workers(text: str) -> int | None:
     """``auto`` -> ``None`` (resolved from ``--cpus-per-trial``), else an int >= 0."""
     if text.strip().lower() == "auto":
@@ -116,7 +129,14 @@ def register(subparsers: Any) -> None:
         "--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (per worker with ray-train)"
     )
     p.add_argument(
-        "--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (per worker); fractions pack trials"
+        "--gpus-per-trial",
+        type=_gpus,
+        default=0.0,
+        metavar="N|auto",
+        help="GPUs per trial (per worker); fractions pack trials. auto: measure each batch size's peak GPU "
+        "memory once (a few real steps on a GPU node, kept in <run>/gpu_memory.json) and give each trial "
+        "the smallest 1/k of a GPU it fits with a 15%% margin + 0.75 GiB per process. Any trial that runs "
+        "out of GPU memory fails at once (not retried)",
     )
     p.add_argument(
         "--train-workers", type=int, default=1, help="Ray Train DDP workers per CNN trial (default: 1)"
@@ -136,6 +156,21 @@ def register(subparsers: Any) -> None:
         metavar="N|auto",
         help="DataLoader worker processes per trial (default: auto = CPUs per trial - 1, so 0 with 1 CPU; "
         "workers persist for the whole trial)",
+    )
+    p.add_argument(
+        "--resident-budget-gb",
+        type=float,
+        default=0.0,
+        metavar="GB",
+        help="hold each trial's compact training (then validation) slices in memory when they fit GB GiB "
+        "(int16 HU + a uint8 mask for mask families: 29k slices at 512^2 ~ 15 GiB); 0 (default) = off; "
+        "said in the trial log either way",
+    )
+    p.add_argument(
+        "--resident-on",
+        choices=("host", "device"),
+        default="host",
+        help="where resident slices live: host RAM (pinned on GPU trials; default) or the trial's GPU",
     )
     p.add_argument(
         "--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)"

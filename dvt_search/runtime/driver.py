@@ -8,6 +8,7 @@ study), skips families already finished and restores the others with their Optun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -18,6 +19,7 @@ from dvt_search.search.space import load_snapshot
 from .capacity import discover
 from .cluster import check_shared_storage, connect
 from .options import RunError, SearchOptions, resolve_families, run_config
+from .packing import check_auto, plan_gpus
 from .rundir import (
     best_trials,
     check_resume,
@@ -57,6 +59,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     )
     # Feasibility before anything is written: a trial no node type can hold fails here, not mid-run.
     capacity = discover(opts.autoscaling_config, joined=opts.address is not None)
+    check_auto(config, capacity)
     for fam in config.families:
         capacity.check(fam, trial_needs(families.get(fam), config))
     if capacity.autoscaling:
@@ -95,8 +98,10 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
             continue
         ctx = TrialContext.derive(rd, fam, cfg, spec)
         needs = ctx.needs
+        gpus = plan_gpus(ctx, spaces[fam], capacity)  # --gpus-per-trial auto: measured once per run
+        packed = dataclasses.replace(needs, gpus=gpus.smallest) if gpus is not None else needs
         session = SessionSettings(
-            max_concurrent=opts.max_concurrent or capacity.max_concurrent(needs),
+            max_concurrent=opts.max_concurrent or capacity.max_concurrent(packed),
             progress_every_s=opts.progress_every_s,
         )
         note_family(rd, fam, needs, session.max_concurrent, scheduler_name(cfg.scheduler, needs.budget))
@@ -105,7 +110,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
             f"{session.max_concurrent} at a time ({needs.trainer})",
             flush=True,
         )
-        run_family(spaces[fam], ctx, session)
+        run_family(spaces[fam], ctx, session, gpus)
         mark_finished(rd, fam)
     best = best_trials(rd, fams, cfg.metric)
     for fam, rec in best.items():

@@ -57,10 +57,12 @@ class SearchOptions:
     windows: list[list[float]] = field(default_factory=lambda: [[40.0, 400.0]])
     augment: dict[str, Any] = field(default_factory=dict)
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str = 0.0  # a number, or "auto" (see runtime/packing.py)
     train_workers: int = 1
     trainer: str = "auto"
     loader_workers: int | None = None  # None: auto (see resolve_loader_workers)
+    resident_budget_gb: float = 0.0
+    resident_on: str = "host"
     grace_period: int = 1
     reduction_factor: float = 3.0
     scheduler: str = "asha"
@@ -121,8 +123,34 @@ def resolve_loader_workers(opts: SearchOptions) -> int:
     return int(opts.loader_workers)
 
 
+def resolve_gpus(opts: SearchOptions) -> tuple[float, bool]:
+    """``(gpus_per_trial, auto)``: ``auto`` holds 1 GPU for the memory probe, then packs by measured need."""
+    if isinstance(opts.gpus_per_trial, str) and opts.gpus_per_trial.strip().lower() == "auto":
+        return 1.0, True
+    try:
+        gpus = float(opts.gpus_per_trial)
+    except (TypeError, ValueError):
+        raise RunError(
+            f"--gpus-per-trial must be a number >= 0 or auto, got {opts.gpus_per_trial!r}"
+        ) from None
+    if gpus < 0:
+        raise RunError(f"--gpus-per-trial must be a number >= 0 or auto, got {opts.gpus_per_trial!r}")
+    return gpus, False
+
+
+def resolve_resident(opts: SearchOptions) -> tuple[float, str]:
+    """``(--resident-budget-gb, --resident-on)`` checked."""
+    if opts.resident_budget_gb < 0:
+        raise RunError(f"--resident-budget-gb must be >= 0 (0: off), got {opts.resident_budget_gb}")
+    if opts.resident_on not in ("host", "device"):
+        raise RunError(f"--resident-on must be host or device, got {opts.resident_on!r}")
+    return float(opts.resident_budget_gb), opts.resident_on
+
+
 def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
     """The frozen configuration of a fresh run started with ``opts`` over the families ``fams``."""
+    gpus, gpus_auto = resolve_gpus(opts)
+    resident_gb, resident_on = resolve_resident(opts)
     return RunConfig(
         families=tuple(fams),
         seed=int(opts.seed),
@@ -148,10 +176,13 @@ def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
         ),
         resources=ResourceConfig(
             cpus_per_trial=float(opts.cpus_per_trial),
-            gpus_per_trial=float(opts.gpus_per_trial),
+            gpus_per_trial=gpus,
             train_workers=int(opts.train_workers),
             trainer=resolve_trainer(opts),
             loader_workers=resolve_loader_workers(opts),
+            gpus_auto=gpus_auto,
+            resident_budget_gb=resident_gb,
+            resident_on=resident_on,
         ),
         max_failures=int(opts.max_failures),
         keep_checkpoints=int(opts.keep_checkpoints),

@@ -10,6 +10,8 @@ fidelities apart:
   trials by how far they got and then by their value at that step, below every completed trial;
 * a trial that ran its full budget (``max_epochs``; 1 for the one-shot SIFT baseline) is told
   **COMPLETE** with its *best* epoch value (the checkpoint that selection will use);
+* a trial that reported a not-retried failure (:mod:`.failures`: no storage, out of GPU memory) is told
+  **FAIL** at once, even after epochs with values;
 * a trial that raised is told **FAIL** only once the family's search is over (see
   :func:`close_unfinished`): with ``resume_errored`` a resumed run re-runs errored trials, and a FAIL in
   Optuna cannot be undone.
@@ -50,6 +52,8 @@ from ray.tune.search import Searcher
 
 from dvt_search.rundir.journal import repair_journal
 from dvt_search.search.space import SearchSpace, paper_point, suggest, suggest_paper
+
+from .failures import fatal_error
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +265,7 @@ class OptunaStudySearcher(Searcher):
         if error:
             return  # told FAIL by close_unfinished() once the family is over (a resume may re-run it)
         values = frozen.intermediate_values
-        if not values:
+        if not values or fatal_error(result):  # a not-retried failure (.failures) is FAIL, never PRUNED
             self.study.tell(frozen.number, state=TrialState.FAIL)
             return
         epochs = max(values)

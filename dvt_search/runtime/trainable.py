@@ -23,6 +23,12 @@ shared cache the driver pre-warmed.
 Every trial process first checks it sees the run directory the driver wrote (:mod:`.storage`); a node
 that does not ends the trial at once as ``failed`` with a message naming the node and the path.
 
+A trial that runs out of GPU memory (``torch.OutOfMemoryError``, in its own process or in a Ray Train
+worker) ends at once as ``failed``, not retried, with a message naming family, batch size, image size, GPU
+share and measured need (:mod:`.failures`). Under ``--gpus-per-trial auto`` a trial's share is the one
+the driver measured for its batch size (:mod:`.packing`); resident data (``--resident-budget-gb``) is
+said in the trial's log.
+
 A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
 driver killed before Tune's next experiment snapshot restores it as unfinished.
 """
@@ -37,6 +43,7 @@ from typing import Any
 
 import ray.tune
 import ray.util
+import torch
 from ray.tune import Checkpoint
 
 from dvt_search import families
@@ -45,6 +52,8 @@ from dvt_search.families.base import EpochReport, FitData, Model
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
 from .console import epoch_line, trial_logger
+from .failures import OOM_ERROR_KEY, fatal_result, oom_message, oom_text
+from .packing import GpuPlan, measured_need
 from .setup import TrialContext, datasets, model_spec, train_worker_cpus
 from .storage import StorageError, check_marker, failure_result, storage_message
 
@@ -60,6 +69,17 @@ def _limit_threads(cpus: float) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(cpus)))
+
+
+def _show_resident_log(trial_log: logging.Logger) -> None:
+    """Route the resident-data line (what a trial holds in memory, or why not) into the trial's log."""
+    from dvt_search.data.resident import log as resident_log
+
+    resident_log.setLevel(logging.INFO)
+    resident_log.propagate = False
+    for handler in trial_log.handlers:
+        if handler not in resident_log.handlers:
+            resident_log.addHandler(handler)
 
 
 def _quiet_checkpoint_logs() -> None:
@@ -89,12 +109,38 @@ def _build_or_resume(
 
 def _fit_data(ctx: TrialContext) -> FitData:
     data = datasets(ctx)
+    res = ctx.config.resources
     return FitData(
         train=data["train"],
         val=data["val"],
         cache_dir=ctx.cache_dir,
-        num_workers=ctx.config.resources.loader_workers,
+        num_workers=res.loader_workers,
+        resident_budget_gb=res.resident_budget_gb,
+        resident_on=res.resident_on,
     )
+
+
+def trial_gpus(ctx: TrialContext, params: Mapping[str, Any]) -> float:
+    """The GPUs (per worker) a trial with ``params`` holds: its measured share under ``auto`` (:mod:`.packing`)."""
+    if ctx.config.resources.gpus_auto and ctx.needs.gpus > 0:
+        plan = GpuPlan.load(ctx.run, ctx.family, ctx.needs.cpus)
+        if plan is not None:
+            return plan.share(params)
+    return float(ctx.needs.gpus)
+
+
+def _oom(ctx: TrialContext, model: Model, gpus: float, exc: BaseException) -> str:
+    spec = getattr(model, "spec", None) or ctx.spec  # the model's own input (input_size, context_slices)
+    size, channels = (spec.image_size, spec.in_channels) if spec is not None else (0, 0)
+    batch = model.params.get("batch_size")
+    need = measured_need(ctx.run, ctx.family, batch, size, channels)
+    return oom_message(ctx.family, batch, size, gpus, need, exc)
+
+
+def _report_fatal(key: str, message: str, ref: Mapping[str, Any], epoch: int) -> None:
+    """End the trial at once with a not-retried failure as its last result (:mod:`.failures`)."""
+    log.error("%s", message)
+    ray.tune.report(fatal_result(key, message, str(ref.get("metric", "val_auc")), epoch))
 
 
 def _epoch_callback(sink: EpochSink):
@@ -130,12 +176,18 @@ def run_trial(config: dict[str, Any]) -> None:
             _run_ray_train(config, ctx, trial_id)
         except Exception as exc:
             message = storage_message(exc)  # a Train worker on a node without the storage
+            if message is not None:
+                _report_blind(message, ref)
+                return
+            message = oom_text(exc)  # a Train worker ran out of GPU memory: not retried either
             if message is None:
                 raise
-            _report_blind(message, ref)
+            rec = ctx.run.read_trial(ctx.family, trial_id)
+            _report_fatal(OOM_ERROR_KEY, message, ref, rec.epochs if rec is not None else 0)
         return
     _limit_threads(ctx.needs.cpus)
     epochs = trial_logger()
+    _show_resident_log(epochs)
     family = families.get(ctx.family)
     store = TrialCheckpoints(ctx.train_storage / trial_id, keep=ctx.config.keep_checkpoints)
     model = _build_or_resume(family, config["params"], ctx, store.latest())
@@ -146,7 +198,12 @@ def run_trial(config: dict[str, Any]) -> None:
         ray.tune.report({**metrics, CHECKPOINT_KEY: str(path)})
 
     device = "cuda" if ctx.needs.gpus > 0 else "cpu"
-    model.fit(_fit_data(ctx), ctx.budget, _epoch_callback(sink), **ctx.fit_options(device))
+    try:
+        model.fit(_fit_data(ctx), ctx.budget, _epoch_callback(sink), **ctx.fit_options(device))
+    except torch.OutOfMemoryError as exc:  # the same batch on the same share fails again: no retry
+        _report_fatal(
+            OOM_ERROR_KEY, _oom(ctx, model, trial_gpus(ctx, config["params"]), exc), ref, model.epochs_done
+        )
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -170,6 +227,7 @@ def train_worker(config: dict[str, Any]) -> None:
     tag = {TrainGroupReaper.KEY: group.id.hex()} if group is not None else {}
 
     epochs = trial_logger()
+    _show_resident_log(epochs)
 
     def sink(metrics: dict[str, float], model: Model) -> None:
         if rank != 0:
@@ -182,15 +240,18 @@ def train_worker(config: dict[str, Any]) -> None:
                 {**metrics, **tag}, checkpoint=Checkpoint.from_directory(str(Path(tmp) / "model"))
             )
 
-    model.fit(
-        _fit_data(ctx),
-        ctx.budget,
-        _epoch_callback(sink),
-        device=ray.train.torch.get_device(),
-        prepare_model=ray.train.torch.prepare_model,
-        prepare_loader=ray.train.torch.prepare_data_loader,
-        is_main=rank == 0,
-    )
+    try:
+        model.fit(
+            _fit_data(ctx),
+            ctx.budget,
+            _epoch_callback(sink),
+            device=ray.train.torch.get_device(),
+            prepare_model=ray.train.torch.prepare_model,
+            prepare_loader=ray.train.torch.prepare_data_loader,
+            is_main=rank == 0,
+        )
+    except torch.OutOfMemoryError as exc:  # raised tagged: the trial's Tune function reports it (run_trial)
+        raise RuntimeError(_oom(ctx, model, trial_gpus(ctx, config["params"]), exc)) from None
 
 
 def _run_ray_train(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> None:
@@ -201,7 +262,7 @@ def _run_ray_train(config: dict[str, Any], ctx: TrialContext, trial_id: str) -> 
     needs = ctx.needs
     resources = {"CPU": train_worker_cpus(needs)}  # the trial's own process holds the rest
     if needs.gpus > 0:
-        resources["GPU"] = float(needs.gpus)
+        resources["GPU"] = trial_gpus(ctx, config["params"])
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"run": config["run"], "params": config["params"]},

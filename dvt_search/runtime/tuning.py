@@ -40,6 +40,7 @@ from dvt_search.search.space import SearchSpace
 
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .console import quiet_libraries
+from .packing import GpuPlan
 from .searcher import OptunaStudySearcher, close_unfinished
 from .setup import DRIVER_CPU, TrialContext
 from .trainable import run_trial
@@ -107,7 +108,11 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(needs: TrialNeeds) -> Any:
+def _trainable(needs: TrialNeeds, gpus: GpuPlan | None = None) -> Any:
+    """``run_trial`` with its resources: per trial from the measured plan of ``--gpus-per-trial auto``
+    (``direct`` trials; a ``ray-train`` trial's workers read the plan themselves), else fixed."""
+    if gpus is not None and needs.trainer != "ray-train":
+        return tune.with_resources(run_trial, gpus)
     return tune.with_resources(run_trial, trial_resources(needs))
 
 
@@ -139,9 +144,12 @@ def set_concurrency(tuner: tune.Tuner, max_concurrent: int) -> None:
         )
 
 
-def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) -> tune.ResultGrid:
+def run_family(
+    space: SearchSpace, ctx: TrialContext, session: SessionSettings, gpus: GpuPlan | None = None
+) -> tune.ResultGrid:
     """Run (or resume) one family's search until it holds the run's trials per family.
 
+    ``gpus``: the measured per-batch-size GPU shares (``--gpus-per-trial auto``, :mod:`.packing`).
     After Tune returns, Optuna trials still RUNNING (errored trials) are told FAIL.
     """
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
@@ -153,7 +161,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)
         tuner = tune.Tuner.restore(
             str(exp_path),
-            trainable=_trainable(needs),
+            trainable=_trainable(needs, gpus),
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space,
@@ -193,7 +201,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
             TrainGroupReaper(),
         ]
         tuner = tune.Tuner(
-            _trainable(needs),
+            _trainable(needs, gpus),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,

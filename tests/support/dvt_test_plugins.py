@@ -7,6 +7,8 @@
   ``ray-train`` trial every rank logs its own line) and ``epoch_s`` (a pause after each epoch, before it is
   reported).
 * ``tiny_cnn_broken``: ``tiny_cnn`` that fails on every attempt by default.
+* ``tiny_cnn_oom``: ``tiny_cnn`` whose training forward raises ``torch.OutOfMemoryError`` after
+  ``oom_after_epochs`` epochs (0: in its first step).
 * ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
   ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
 """
@@ -142,6 +144,49 @@ class TinyCnnBroken(TorchFamily):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {**TinyCnn.default_params(), "fail_attempts": 1000}
+
+
+class OomNet(TinyNet):
+    """``TinyNet`` whose training forward raises CUDA's out-of-memory error once ``armed``."""
+
+    armed = False
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.training and self.armed:
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
+            )
+        return super().forward(x)
+
+
+class OomModel(TinyModel):
+    """Runs out of GPU memory in the first training step after ``oom_after_epochs`` epochs."""
+
+    family: ClassVar[str] = "tiny_cnn_oom"
+
+    def make_module(self, params: Mapping[str, Any], spec: DataSpec, *, load_pretrained: bool) -> nn.Module:
+        net = OomNet(spec.in_channels)
+        net.armed = int(params["oom_after_epochs"]) == 0
+        return net
+
+    def fit(self, data: FitData, epochs: int, callback: Any = None, **kwargs: Any) -> list[EpochReport]:
+        def on_epoch(report: EpochReport, model: Model) -> bool:
+            stop = bool(callback(report, model)) if callback is not None else False
+            if report.epoch >= int(self.params["oom_after_epochs"]):
+                self.module.armed = True
+            return stop
+
+        return super().fit(data, epochs, on_epoch, **kwargs)
+
+
+@register
+class TinyCnnOom(TorchFamily):
+    name: ClassVar[str] = "tiny_cnn_oom"
+    model_cls: ClassVar[type[TorchModel]] = OomModel
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**TinyCnn.default_params(), "oom_after_epochs": 1}
 
 
 class ScriptedModel(Model):

@@ -25,3 +25,12 @@ def write_spaces(directory: Path, spaces: dict[str, dict]) -> Path:
         body = {"family": family, "params": doc.get("params", {}), "fixed": doc.get("fixed", {})}
         (directory / f"{family}.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
     return directory
+
+
+def report_assigned_resources(config: dict) -> None:
+    """A Tune function reporting the GPU share Ray gave its trial (and its batch size)."""
+    import ray
+    import ray.tune
+
+    gpu = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+    ray.tune.report({"gpu": gpu, "batch": config["params"]["batch_size"]})
