@@ -19,7 +19,7 @@ from .base import DataSpec, EpochReport, ExportedScorer, Family, FitData, FitErr
 _REGISTRY: dict[str, type[Family]] = {}
 
 #: Modules that define the built-in families (imported lazily on first registry access).
-BUILTIN_MODULES = ("sift_bow_svm", "vgg16", "densenet161", "multitask_unet", "patch_resnet50")
+BUILTIN_MODULES = ("sift_bow_svm", "vgg16", "densenet161", "multitask_unet", "patch_resnet50", "vein_cascade")
 _loaded = False
 
 
