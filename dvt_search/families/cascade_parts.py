@@ -97,9 +97,10 @@ def find_candidates(prob: Tensor, threshold: float, k: int, nms: int) -> tuple[T
     b, h, w = prob.shape
     kept = prob * (prob >= threshold).to(prob.dtype)
     mass = F.avg_pool2d(kept[:, None], 3, stride=1, padding=1, count_include_pad=True)[:, 0] * 9.0
-    # a deterministic tie-break so a flat plateau yields one maximum, not several neighbours
-    ramp = torch.arange(h * w, device=prob.device, dtype=prob.dtype).reshape(1, h, w) / (h * w) * 1e-4
-    mass = mass + ramp * (mass > 0).to(prob.dtype)
+    # ties broken by the pixel's own probability, then by position (a plateau yields one maximum, and
+    # a lone pixel's maximum is the pixel itself rather than a neighbour sharing its 3 x 3 mass)
+    ramp = torch.arange(h * w, device=prob.device, dtype=prob.dtype).reshape(1, h, w) / (h * w) * 1e-7
+    mass = mass + 1e-3 * kept + ramp * (mass > 0).to(prob.dtype)
     peak = (mass == F.max_pool2d(mass[:, None], nms, stride=1, padding=nms // 2)[:, 0]) & (kept > 0)
     score = torch.where(peak, mass, torch.full_like(mass, -1.0)).flatten(1)
     kk = min(int(k), h * w)
