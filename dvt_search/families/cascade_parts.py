@@ -210,7 +210,7 @@ class CascadeNet(nn.Module):
         """Score ``x`` (``[B, (2k+1)*C, S, S]``; a ``[B, C, S, S]`` single slice is used as its own context).
 
         ``veins`` (training only): ``[B, s1, s1]`` ground-truth vein map. Candidates then come from the
-        true veins first and from stage 1's prediction away from them (``max(veins, p * (1 - dilate(veins)))``);
+        true veins first and from stage 1's prediction away from them (``max(10 veins, p (1 - dilate(veins)))``);
         without it (validation, test, deployment) they come from the prediction alone. The crops always
         carry the predicted vein probability.
         """
@@ -222,7 +222,8 @@ class CascadeNet(nn.Module):
         source = prob[:, 0].detach()
         if veins is not None:
             near = F.max_pool2d(veins[:, None], 3, stride=1, padding=1)[:, 0]
-            source = torch.maximum(veins, source * (1.0 - near))
+            # true vein pixels outrank any predicted 3 x 3 mass (at most 9): they are cropped first
+            source = torch.maximum(10.0 * veins, source * (1.0 - near))
         ys, xs, valid = find_candidates(source, self.vein_threshold, self.candidates, self.nms)
         cy, cx = to_native(ys, self.stage1_size, h), to_native(xs, self.stage1_size, w)
         prob_native = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
