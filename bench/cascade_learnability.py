@@ -34,7 +34,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="easy")
     ap.add_argument("--size", type=int, default=64, help="phantom (store) slice side")
-    ap.add_argument("--net-size", type=int, default=64, help="the run's network size (the cascade reads native)")
+    ap.add_argument(
+        "--net-size", type=int, default=64, help="the run's network size (the cascade reads native)"
+    )
     ap.add_argument("--patients", type=int, default=12)
     ap.add_argument("--slices-per-scan", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=4)
@@ -57,10 +59,15 @@ def main() -> None:
         )
         df = read_manifest(manifest)
         splits = make_splits(df, seed=args.seed)
-        data = {p: SliceDataset(splits.select(df, p), manifest.parent, size=args.net_size) for p in ("train", "val", "test")}
+        data = {
+            p: SliceDataset(splits.select(df, p), manifest.parent, size=args.net_size)
+            for p in ("train", "val", "test")
+        }
         print(
             f"phantom {args.preset} {args.size}^2, {args.patients} patients: "
-            + ", ".join(f"{p} {len(d)} slices / {d.frame['patient_id'].nunique()} patients" for p, d in data.items())
+            + ", ".join(
+                f"{p} {len(d)} slices / {d.frame['patient_id'].nunique()} patients" for p, d in data.items()
+            )
             + f" ({time.perf_counter() - t0:.1f} s)"
         )
         model = families.get("vein_cascade").build(params, spec_for(data["train"]))

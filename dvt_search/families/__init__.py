@@ -1,7 +1,8 @@
 """Model-family registry: ``register`` (a class decorator), ``get``, ``names``, ``all_families``.
 
-The five families of the paper live in one module each and register themselves on import; a duplicate
-name raises. ``dvt-search families`` lists them with their search-space files.
+The five families of the paper and the vein cascade beyond it live in one module each and register
+themselves on import; a duplicate name raises. ``dvt-search families`` lists them with their search-space
+files.
 
 Adding a family: one module here (a :class:`~.base.Family` + :class:`~.base.Model`, ``@register``; a torch
 family subclasses :class:`~.torch_family.TorchFamily` / ``TorchModel`` and gets training, checkpoints,

@@ -91,7 +91,9 @@ class NativeSlices:
     def stacks(self, rows: np.ndarray) -> np.ndarray:
         """``float32[n, (2k+1)*C, S, S]`` context stacks of ``rows``."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.neighbours.shape[1] * len(self.windows), self.size, self.size), np.float32)
+        out = np.empty(
+            (len(rows), self.neighbours.shape[1] * len(self.windows), self.size, self.size), np.float32
+        )
         c = len(self.windows)
         for i, r in enumerate(rows):
             for j, n in enumerate(self.neighbours[r]):

@@ -83,7 +83,13 @@ def export_onnx(model: VeinCascadeModel, path: Path) -> dict[str, Any]:
                     **kwargs,
                 )
             onnx.checker.check_model(str(path))
-            return {"ok": True, "exporter": name, "opset": ONNX_OPSET, "input": "image", "output": "probability"}
+            return {
+                "ok": True,
+                "exporter": name,
+                "opset": ONNX_OPSET,
+                "input": "image",
+                "output": "probability",
+            }
         except Exception as exc:  # any exporter failure is reported, not fatal
             errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
             path.unlink(missing_ok=True)
@@ -116,7 +122,9 @@ class CascadeScorer:
         spec: native side and HU windows from ``preprocess.json``.
     """
 
-    heatmap_method = "crop evidence of the eager cascade (each candidate crop's clot probability over its square)"
+    heatmap_method = (
+        "crop evidence of the eager cascade (each candidate crop's clot probability over its square)"
+    )
 
     def __init__(self, family: type[VeinCascade], directory: str | Path, spec: DataSpec) -> None:
         self.family = family
@@ -151,7 +159,9 @@ class CascadeScorer:
         out = []
         with torch.inference_mode():
             for i in range(0, len(stacks), batch_size):
-                out.append(net(torch.from_numpy(stacks[i : i + batch_size]).to(device)).double().cpu().numpy())
+                out.append(
+                    net(torch.from_numpy(stacks[i : i + batch_size]).to(device)).double().cpu().numpy()
+                )
         return np.concatenate(out) if out else np.zeros(0)
 
     def _stacks(self, slices_hu: list[np.ndarray]) -> np.ndarray:

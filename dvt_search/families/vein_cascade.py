@@ -114,7 +114,9 @@ class VeinCascadeModel(TorchModel):
             empty_logit=float(params["empty_logit"]),
         )
 
-    def compute_loss(self, outputs: dict[str, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(
+        self, outputs: dict[str, Tensor], batch: dict[str, Any]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """``seg_bce_weight * BCE + seg_dice_weight * Dice`` (stage 1) + slice BCE with ``pos_weight`` (stage 2)."""
         seg, veins = outputs["seg"], batch["veins"].reshape(outputs["seg"].shape)
         seg_bce = F.binary_cross_entropy_with_logits(seg, veins, pos_weight=self._vein_weight.to(seg.device))
@@ -245,14 +247,19 @@ class VeinCascadeModel(TorchModel):
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
             optimizer.step()
             k = len(rows)
-            for name, value in {"loss": loss.detach(), **{f"loss_{p}": t.detach() for p, t in parts.items()}}.items():
+            for name, value in {
+                "loss": loss.detach(),
+                **{f"loss_{p}": t.detach() for p, t in parts.items()},
+            }.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * k
             n += k
         return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
     # ----------------------------------------------------------------- inference
     @torch.inference_mode()
-    def _infer(self, native: NativeSlices, dev: torch.device, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(
+        self, native: NativeSlices, dev: torch.device, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores float64[N], stage-1 vein probabilities float32[N, s1, s1])`` from predicted candidates."""
         self.module.to(dev).eval()
         scores, veins = [], []
@@ -266,11 +273,15 @@ class VeinCascadeModel(TorchModel):
             return np.zeros(0), np.zeros((0, s1, s1), np.float32)
         return np.concatenate(scores), np.concatenate(veins)
 
-    def _validate(self, native: NativeSlices, dev: torch.device, batch_size: int, prefix: str) -> dict[str, float]:
+    def _validate(
+        self, native: NativeSlices, dev: torch.device, batch_size: int, prefix: str
+    ) -> dict[str, float]:
         scores, veins = self._infer(native, dev, batch_size)
         y = native.labels
         p = np.clip(scores, 1e-7, 1 - 1e-7)
-        metrics = {"loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")}
+        metrics = {
+            "loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
+        }
         metrics.update(classification_metrics(y, scores))
         # stage 1's Dice against the masks: a metric only, read after the scores are fixed
         masks = native.vein_masks(np.arange(len(native)), self.module.stage1_size)
@@ -356,7 +367,9 @@ class VeinCascade(TorchFamily):
         cls, *, max_epochs: int, cpus: float, gpus: float, train_workers: int, trainer: str
     ) -> TrialNeeds:
         """One process per trial (the cascade trains ``direct``: no DDP), a GPU share as asked."""
-        return TrialNeeds(budget=int(max_epochs), trainer="direct", workers=1, cpus=float(cpus), gpus=float(gpus))
+        return TrialNeeds(
+            budget=int(max_epochs), trainer="direct", workers=1, cpus=float(cpus), gpus=float(gpus)
+        )
 
     @classmethod
     def open_export(cls, directory: str | Path, spec: DataSpec) -> ExportedScorer:

@@ -72,7 +72,9 @@ def test_candidates_are_the_local_maxima_ranked_by_mass() -> None:
 def test_crops_are_centred_at_native_resolution() -> None:
     stack = torch.zeros(1, 2, 128, 128)
     stack[0, 0, 37, 90] = 5.0  # a marker pixel in channel 0
-    stack[0, 1] = (torch.arange(128)[:, None] + torch.arange(128)[None, :]).remainder(2).float()  # 1-px checks
+    stack[0, 1] = (
+        (torch.arange(128)[:, None] + torch.arange(128)[None, :]).remainder(2).float()
+    )  # 1-px checks
     crop = crop_at(stack, torch.tensor([[37, 2]]), torch.tensor([[90, 3]]), 9)
     assert crop.shape == (2, 2, 9, 9)
     assert float(crop[0, 0, 4, 4]) == 5.0 and float(crop[0, 0].sum()) == 5.0
@@ -106,7 +108,9 @@ def test_pooling_ignores_invalid_slots_and_scores_empty_slices_low() -> None:
     assert float(pool_logits(logits, valid, "max", -4.0)[0]) == 2.0
     p = torch.sigmoid(torch.tensor([2.0, -1.0]))
     noisy = 1 - (1 - p).prod()
-    assert float(torch.sigmoid(pool_logits(logits, valid, "noisy_or", -4.0)[0])) == pytest.approx(float(noisy))
+    assert float(torch.sigmoid(pool_logits(logits, valid, "noisy_or", -4.0)[0])) == pytest.approx(
+        float(noisy)
+    )
 
 
 # ------------------------------------------------------------------ context
@@ -130,8 +134,12 @@ def test_context_channels_are_the_same_scans_neighbours(phantom) -> None:
     np.testing.assert_array_equal(stacks[0, 0], stacks[0, 2])  # the scan's first slice repeats at its edge
     assert not np.array_equal(stacks[1, 0], stacks[1, 2])
     # a deployed volume gets the same stacks
-    volume = np.stack([load_slice(resolve(manifest.parent, p), int(i)) for p, i in
-                       zip(df.loc[rows, "image_path"], df.loc[rows, "image_index"])])
+    volume = np.stack(
+        [
+            load_slice(resolve(manifest.parent, p), int(i))
+            for p, i in zip(df.loc[rows, "image_path"], df.loc[rows, "image_index"])
+        ]
+    )
     np.testing.assert_array_equal(volume_stacks(volume, 64, ds.windows, 2)[[0, 3]], stacks)
 
 
@@ -161,7 +169,14 @@ def test_fit_reports_both_stages_and_reads_at_native_size(trained) -> None:
     model, reports = trained
     assert [r.epoch for r in reports] == [1, 2]
     m = reports[-1].metrics
-    for key in ("train_loss_seg_bce", "train_loss_seg_dice", "train_loss_cls", "val_auc", "val_dice", "val_loss"):
+    for key in (
+        "train_loss_seg_bce",
+        "train_loss_seg_dice",
+        "train_loss_cls",
+        "val_auc",
+        "val_dice",
+        "val_loss",
+    ):
         assert np.isfinite(m[key]), key
     assert model.spec.image_size == 64  # the store's side, not the run's network size of 32
     assert model.preprocess_notes()["vein_cascade"]["native_size"] == 64
@@ -217,7 +232,9 @@ def test_save_load_predict_and_export_score_alike(trained, scans, tmp_path) -> N
     info = model.export(out)
     assert info["torchscript"]["max_abs_diff"] <= 1e-4
     scorer = FAMILY.open_export(out, model.spec)
-    volume = np.stack([load_slice(resolve(va.root, r.image_path), int(r.image_index)) for r in rows.itertuples()])
+    volume = np.stack(
+        [load_slice(resolve(va.root, r.image_path), int(r.image_index)) for r in rows.itertuples()]
+    )
     np.testing.assert_allclose(scorer.scores(volume, batch_size=3), expected, rtol=0, atol=1e-5)
     maps = scorer.heatmaps([volume[1], volume[2]])
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
@@ -243,7 +260,19 @@ def test_bad_knobs_name_the_knob(tiny) -> None:
 def test_search_space_names_real_knobs_and_has_no_paper_trial() -> None:
     space = load_space(REPO / "search_spaces" / "vein_cascade.yaml", family="vein_cascade")
     names = {p.name for p in space.params}
-    wanted = {"crop_size", "context_slices", "depth", "candidates", "vein_threshold", "seg_bce_weight",
-              "seg_dice_weight", "pos_weight", "lr", "schedule", "step_gamma", "cosine_eta_min"}
+    wanted = {
+        "crop_size",
+        "context_slices",
+        "depth",
+        "candidates",
+        "vein_threshold",
+        "seg_bce_weight",
+        "seg_dice_weight",
+        "pos_weight",
+        "lr",
+        "schedule",
+        "step_gamma",
+        "cosine_eta_min",
+    }
     assert wanted <= names <= set(FAMILY.default_params())
     assert FAMILY.paper_configuration is False

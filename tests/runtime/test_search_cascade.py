@@ -52,7 +52,9 @@ def test_tiny_cascade_search_has_no_paper_trial(ray_2_cpus, phantom, tmp_path, c
     )
     study = optuna.load_study(study_name="vein_cascade", storage=journal)
     assert len(study.trials) == 2 and not any(t.user_attrs.get(PAPER_ATTR) for t in study.trials)
-    model = families.get("vein_cascade").load(run.checkpoint_dir("vein_cascade", best["vein_cascade"].trial_id))
+    model = families.get("vein_cascade").load(
+        run.checkpoint_dir("vein_cascade", best["vein_cascade"].trial_id)
+    )
     assert model.spec.image_size == 64  # crops read at the store's 64^2, not the run's 32^2
     val = build_datasets(phantom, run.path / "splits.json", size=32)["val"]
     scores = model.predict(val)
