@@ -2,8 +2,9 @@
 
 * :class:`VeinSegNet` — stage 1: a small two-level UNet (widths 8, 16, 32) on the centre slice downsampled to ``stage1_size``,
   one vein logit per pixel.
-* :func:`find_candidates` — up to ``K`` candidate vein locations per slice: local maxima of the local
-  vein mass (3 x 3 sum of the probability above ``vein_threshold``), at least ``nms // 2 + 1`` pixels apart,
+* :func:`vein_support` / :func:`find_candidates` — up to ``K`` candidate vein locations per slice: local
+  maxima of the local vein mass (3 x 3 sum of the probability where it reaches ``vein_threshold`` times
+  the slice's peak, and at least :data:`MIN_VEIN_PROBABILITY`), at least ``nms // 2 + 1`` pixels apart,
   ranked by that mass; a slot without a candidate is marked invalid.
 * :func:`to_native` / :func:`crop_at` — candidate centres mapped to native pixels, and ``crop x crop``
   windows of a native-resolution stack cut around them (zero padding outside the slice).
@@ -87,20 +88,38 @@ def nms_window(stage1_size: int) -> int:
     return 2 * max(1, int(stage1_size) // 32) + 1
 
 
-def find_candidates(prob: Tensor, threshold: float, k: int, nms: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Up to ``k`` candidate locations of each ``[B, h, w]`` vein-probability map.
+#: a slice whose vein probability never reaches this has no candidate (it scores ``empty_logit``)
+MIN_VEIN_PROBABILITY = 0.01
+
+
+def vein_support(prob: Tensor, threshold: float) -> Tensor:
+    """``prob`` where it is at least ``threshold`` times the slice's own peak (and ``MIN_VEIN_PROBABILITY``), else 0.
+
+    Relative to each slice's strongest vein response, so a stage 1 that already ranks the veins first but
+    is not yet calibrated (early epochs: a vein is a few pixels of a 64^2 map) still proposes them.
+    """
+    peak = prob.flatten(1).amax(1).reshape(-1, 1, 1)
+    keep = (prob >= threshold * peak) & (prob >= MIN_VEIN_PROBABILITY)
+    return prob * keep.to(prob.dtype)
+
+
+def find_candidates(support: Tensor, k: int, nms: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Up to ``k`` candidate locations of each ``[B, h, w]`` map (zero = no vein; :func:`vein_support`).
+
+    Candidates are the local maxima (``nms`` x ``nms`` max filter) of the local mass (3 x 3 sum of the map),
+    ranked by that mass.
 
     Returns:
         ``(ys, xs, valid)``: ``int64[B, k]`` pixel coordinates in the map and ``bool[B, k]``; slots are
-        ordered by decreasing local mass, invalid ones (fewer than ``k`` maxima) point at pixel 0.
+        ordered by decreasing mass, invalid ones (fewer than ``k`` maxima) point at pixel 0.
     """
-    b, h, w = prob.shape
-    kept = prob * (prob >= threshold).to(prob.dtype)
+    b, h, w = support.shape
+    kept = support
     mass = F.avg_pool2d(kept[:, None], 3, stride=1, padding=1, count_include_pad=True)[:, 0] * 9.0
-    # ties broken by the pixel's own probability, then by position (a plateau yields one maximum, and
+    # ties broken by the pixel's own value, then by position (a plateau yields one maximum, and
     # a lone pixel's maximum is the pixel itself rather than a neighbour sharing its 3 x 3 mass)
-    ramp = torch.arange(h * w, device=prob.device, dtype=prob.dtype).reshape(1, h, w) / (h * w) * 1e-7
-    mass = mass + 1e-3 * kept + ramp * (mass > 0).to(prob.dtype)
+    ramp = torch.arange(h * w, device=kept.device, dtype=kept.dtype).reshape(1, h, w) / (h * w) * 1e-7
+    mass = mass + 1e-3 * kept + ramp * (mass > 0).to(kept.dtype)
     peak = (mass == F.max_pool2d(mass[:, None], nms, stride=1, padding=nms // 2)[:, 0]) & (kept > 0)
     score = torch.where(peak, mass, torch.full_like(mass, -1.0)).flatten(1)
     kk = min(int(k), h * w)
@@ -219,12 +238,15 @@ class CascadeNet(nn.Module):
         b, _, h, w = x.shape
         seg = self.stage1(downsample(self.centre(x), self.stage1_size))
         prob = torch.sigmoid(seg)
-        source = prob[:, 0].detach()
-        if veins is not None:
-            near = F.max_pool2d(veins[:, None], 3, stride=1, padding=1)[:, 0]
-            # true vein pixels outrank any predicted 3 x 3 mass (at most 9): they are cropped first
-            source = torch.maximum(10.0 * veins, source * (1.0 - near))
-        ys, xs, valid = find_candidates(source, self.vein_threshold, self.candidates, self.nms)
+        predicted = prob[:, 0].detach()
+        if veins is None:
+            support = vein_support(predicted, self.vein_threshold)
+        else:
+            # predictions are kept only outside the true veins' suppression window (+ the 3 x 3 mass
+            # radius), so the true vein pixels, outranking any predicted mass (at most 9), stay maxima
+            near = F.max_pool2d(veins[:, None], self.nms + 2, stride=1, padding=self.nms // 2 + 1)[:, 0]
+            support = torch.maximum(10.0 * veins, vein_support(predicted * (1.0 - near), self.vein_threshold))
+        ys, xs, valid = find_candidates(support, self.candidates, self.nms)
         cy, cx = to_native(ys, self.stage1_size, h), to_native(xs, self.stage1_size, w)
         prob_native = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         if self.training:
@@ -278,6 +300,7 @@ __all__ = [
     "downsample",
     "evidence_maps",
     "find_candidates",
+    "vein_support",
     "nms_window",
     "pool_logits",
     "to_native",

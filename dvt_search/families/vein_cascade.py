@@ -6,8 +6,9 @@ classification model"; this family is one (:mod:`.cascade_parts` holds the netwo
 1. **Stage 1, vein localisation**: a small UNet on the centre slice downsampled to ``stage1_size``, trained
    on the vein masks with ``seg_bce_weight * BCE + seg_dice_weight * Dice`` (vein pixels weighted by
    ``sqrt((1 - f) / f)``, at most 10, with ``f`` the training vein fraction).
-2. **Candidates**: up to ``candidates`` local maxima of the vein mass above ``vein_threshold`` per slice,
-   mapped to native pixels. At validation, test and deployment they come from stage 1's PREDICTION only;
+2. **Candidates**: up to ``candidates`` local maxima of the vein mass per slice (where the vein probability
+   reaches ``vein_threshold`` times the slice's own peak, :func:`~.cascade_parts.vein_support`), mapped
+   to native pixels. At validation, test and deployment they come from stage 1's PREDICTION only;
    in training the ground-truth veins come first (so every clotted vein is cropped), then predicted
    locations away from them (so stage 2 also sees what stage 1 gets wrong, e.g. arteries).
 3. **Stage 2, clot vs patent**: a small ResNet (``depth`` basic blocks) on ``crop_size`` crops cut at the

@@ -21,7 +21,14 @@ from dvt_search.data.io import clear_cache, load_slice
 from dvt_search.data.schema import resolve
 from dvt_search.families.base import FitData
 from dvt_search.families.cascade_data import NativeSlices, volume_stacks
-from dvt_search.families.cascade_parts import CascadeNet, crop_at, find_candidates, pool_logits, to_native
+from dvt_search.families.cascade_parts import (
+    CascadeNet,
+    crop_at,
+    find_candidates,
+    pool_logits,
+    to_native,
+    vein_support,
+)
 from dvt_search.search.space import load_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,11 +69,16 @@ def test_candidates_are_the_local_maxima_ranked_by_mass() -> None:
     prob = torch.zeros(1, 32, 32)
     prob[0, 5:8, 20:23] = 0.9  # big blob: centre (6, 21)
     prob[0, 25, 4] = 0.8  # one-pixel blob
-    prob[0, 15, 15] = 0.3  # below the threshold
-    ys, xs, valid = find_candidates(prob, 0.5, 3, nms=5)
+    prob[0, 15, 15] = 0.3  # below half the slice's peak
+    ys, xs, valid = find_candidates(vein_support(prob, 0.5), 3, nms=5)
     assert valid.tolist() == [[True, True, False]]
     assert (int(ys[0, 0]), int(xs[0, 0])) == (6, 21)
     assert (int(ys[0, 1]), int(xs[0, 1])) == (25, 4)
+    # relative to the slice's peak: a weak but well-ranked stage 1 still proposes its maxima
+    _, _, weak = find_candidates(vein_support(prob * 0.1, 0.5), 3, nms=5)
+    assert weak.tolist() == [[True, True, False]]
+    _, _, none = find_candidates(vein_support(prob * 0.001, 0.5), 3, nms=5)  # nothing looks like vein
+    assert not none.any()
 
 
 def test_crops_are_centred_at_native_resolution() -> None:
@@ -276,3 +288,15 @@ def test_search_space_names_real_knobs_and_has_no_paper_trial() -> None:
     }
     assert wanted <= names <= set(FAMILY.default_params())
     assert FAMILY.paper_configuration is False
+
+
+def test_grad_cam_of_the_report_explains_the_cascade(trained, scans) -> None:
+    """The report's error cases run Grad-CAM on the network with single-slice images at the model's size."""
+    from dvt_search.engine.cam import grad_cam
+
+    model, _ = trained
+    _, va = scans
+    ds = SliceDataset(va.frame, va.root, size=model.spec.image_size)
+    images = torch.stack([ds[i]["image"] for i in range(3)])
+    maps = grad_cam(model.module, images)
+    assert maps.shape == (3, 64, 64) and float(maps.min()) >= 0 and float(maps.max()) <= 1
