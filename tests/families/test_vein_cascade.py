@@ -300,3 +300,36 @@ def test_grad_cam_of_the_report_explains_the_cascade(trained, scans) -> None:
     images = torch.stack([ds[i]["image"] for i in range(3)])
     maps = grad_cam(model.module, images)
     assert maps.shape == (3, 64, 64) and float(maps.min()) >= 0 and float(maps.max()) <= 1
+
+
+def test_predict_scores_a_series_with_crop_evidence_heat_maps(trained, scans, tmp_path) -> None:
+    """``dvt-search predict``'s path on an export folder of the cascade: scores, heat maps, summary."""
+    import json
+
+    from dvt_search.deploy.inputs import SeriesInput
+    from dvt_search.deploy.predict import Exported, predict_input
+    from dvt_search.deploy.preprocess import preprocess_spec
+
+    model, _ = trained
+    _, va = scans
+    out = tmp_path / "export"
+    ckpt = model.save(tmp_path / "ckpt")
+    out.mkdir()
+    for f in ckpt.iterdir():
+        if f.name not in model.training_only_files:
+            shutil.copy2(f, out / f.name)
+    model.export(out)
+    (out / "export.json").write_text(json.dumps({"family": "vein_cascade", "kind": "torch"}))
+    (out / "preprocess.json").write_text(json.dumps(preprocess_spec(model)))
+    (out / "threshold.json").write_text(json.dumps({"threshold": 0.0}))  # every slice positive: all get maps
+    rows = _scan_rows(va)
+    volume = np.stack(
+        [load_slice(resolve(va.root, r.image_path), int(r.image_index)) for r in rows.itertuples()]
+    ).astype(np.float32)
+    series = SeriesInput("s", volume, (6.0, 6.0), "CT", True, "nifti")
+    summary = predict_input(Exported.open(out), series, tmp_path / "pred")
+    expected = model.predict(SliceDataset(rows, va.root, size=32))
+    written = pd.read_csv(tmp_path / "pred" / "slices.csv")["probability"].to_numpy()
+    np.testing.assert_allclose(written, expected, atol=1e-5)
+    assert len(summary["heatmaps"]) == len(rows) and "crop evidence" in summary["heatmap_method"]
+    assert (tmp_path / "pred" / summary["heatmaps"][0]).is_file()
