@@ -1,7 +1,8 @@
 """Model-family registry: ``register`` (a class decorator), ``get``, ``names``, ``all_families``.
 
-The five families of the paper live in one module each and register themselves on import; a duplicate
-name raises. ``dvt-search families`` lists them with their search-space files.
+The five families of the paper and the vein cascade beyond it live in one module each and register
+themselves on import; a duplicate name raises. ``dvt-search families`` lists them with their search-space
+files.
 
 Adding a family: one module here (a :class:`~.base.Family` + :class:`~.base.Model`, ``@register``; a torch
 family subclasses :class:`~.torch_family.TorchFamily` / ``TorchModel`` and gets training, checkpoints,
@@ -19,7 +20,7 @@ from .base import DataSpec, EpochReport, ExportedScorer, Family, FitData, FitErr
 _REGISTRY: dict[str, type[Family]] = {}
 
 #: Modules that define the built-in families (imported lazily on first registry access).
-BUILTIN_MODULES = ("sift_bow_svm", "vgg16", "densenet161", "multitask_unet", "patch_resnet50")
+BUILTIN_MODULES = ("sift_bow_svm", "vgg16", "densenet161", "multitask_unet", "patch_resnet50", "vein_cascade")
 _loaded = False
 
 

@@ -234,6 +234,9 @@ class Family(ABC):
     #: Checkpoint files of this family's models needed only to resume training (``Model.training_only_files``;
     #: left out of the run records' checkpoint copies and of exports).
     training_only_files: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``default_params()`` is a published configuration (the paper's): the searcher enqueues it as
+    #: the study's first trial ("paper trial"). ``False`` for a family the paper does not have.
+    paper_configuration: ClassVar[bool] = True
 
     # ----------------------------------------------------------------- what a trial needs
     @classmethod

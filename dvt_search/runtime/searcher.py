@@ -30,6 +30,7 @@ Paper trial: with ``paper_trial`` (the default), the family's paper configuratio
 ``paper_config: true`` and ``paper_outside_space`` (the searched params whose paper value the space cannot
 represent: the trial runs the paper value, Optuna's trial does not hold it). It is enqueued only into an
 empty study, so a resumed run never enqueues it twice (and a study started without it never gets one).
+A family without a paper configuration (``Family.paper_configuration`` false: the vein cascade) gets none.
 
 Resume: Tune's experiment snapshot (which holds this searcher's state) can lag the journal. Optuna trials
 asked after the snapshot are unknown to the restored Tune run; RUNNING ones are *re-used* (same params) by
@@ -50,6 +51,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from dvt_search import families
 from dvt_search.rundir.journal import repair_journal
 from dvt_search.search.space import SearchSpace, paper_point, suggest, suggest_paper
 
@@ -184,7 +186,8 @@ class OptunaStudySearcher(Searcher):
             self._study.set_user_attr("metric", self.metric)
             self._study.set_user_attr("budget_epochs", self.budget)
             self._study.set_user_attr("sampler_seed", seed)
-            if self.paper_trial and not self._study.get_trials(deepcopy=False):
+            has_paper = families.get(self.space.family).paper_configuration
+            if self.paper_trial and has_paper and not self._study.get_trials(deepcopy=False):
                 point = paper_point(self.space)
                 self._study.enqueue_trial(
                     dict(point.in_space),

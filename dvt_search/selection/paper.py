@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dvt_search.data.splits import Splits
+from dvt_search.families import get as get_family
 from dvt_search.rundir.layout import RunDir
 from dvt_search.selection.evaluate import Predictions, predict_winners
 from dvt_search.selection.selector import USABLE_STATUSES, Choice, Winner
@@ -45,6 +46,14 @@ def paper_rows(leaderboard: pd.DataFrame) -> dict[str, pd.Series]:
         return {}
     rows = leaderboard[leaderboard["paper_config"].fillna(False).astype(bool)]
     return {str(f): g.sort_values("trial_id").iloc[0] for f, g in rows.groupby("family", sort=True)}
+
+
+def _has_paper_configuration(family: str) -> bool:
+    """Whether the family has a paper configuration (unknown families are assumed to: the old wording)."""
+    try:
+        return bool(get_family(family).paper_configuration)
+    except KeyError:
+        return True
 
 
 def _unusable(row: pd.Series, col: str) -> str:
@@ -108,7 +117,11 @@ def score_paper_configs(
         entry: dict[str, Any] = {"n_trials": fc.n_trials}
         out[fam] = entry
         if row is None:
-            entry["status"] = "no paper-configuration trial in this run"
+            entry["status"] = (
+                "no paper-configuration trial in this run"
+                if _has_paper_configuration(fam)
+                else "the family is not in the paper (no paper configuration)"
+            )
             continue
         entry.update(
             paper_trial_id=str(row["trial_id"]),

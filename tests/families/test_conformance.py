@@ -31,6 +31,9 @@ FAST: dict[str, dict] = {
     "densenet161": {"batch_size": 8},
     "multitask_unet": {"batch_size": 8},
     "patch_resnet50": {"batch_size": 8},
+    # the export check stacks unrelated validation slices as one "volume": without context slices the
+    # cascade scores each slice alone there, as predict does (context is tested in test_vein_cascade.py)
+    "vein_cascade": {"batch_size": 8, "context_slices": 0, "stage1_size": 32},
 }
 
 
