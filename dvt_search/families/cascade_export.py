@@ -169,6 +169,10 @@ class CascadeScorer:
         k, size, windows = self._context, self.spec.image_size, self.spec.windows
         out = []
         for s in slices_hu:
+            s = np.asarray(s)
+            if s.ndim == 3:  # a [2k+1, H, W] context stack (deploy.predict hands these): slice-major channels
+                out.append(volume_stacks(list(s), size, windows, 0).reshape(-1, size, size))
+                continue
             i = self._last_index.get(_digest(s)) if self._last is not None else None
             if i is None:
                 out.append(volume_stacks([s], size, windows, k)[0])
@@ -179,7 +183,7 @@ class CascadeScorer:
         return np.stack(out)
 
     def heatmaps(self, slices_hu: list[np.ndarray]) -> np.ndarray | None:
-        """Crop-evidence maps ``[N, S, S]`` in [0, 1] (zero where no candidate was cropped)."""
+        """Crop-evidence maps ``[N, S, S]`` in [0, 1] (zero where no candidate was cropped) of 2-D slices or stacks."""
         if not slices_hu:
             return None
         model = self._eager()
@@ -188,12 +192,16 @@ class CascadeScorer:
         return evidence_maps(out, self.spec.image_size, model.module.crop_size).numpy()
 
     def vein_fractions(self, slices_hu: list[np.ndarray], *, batch_size: int = 16) -> np.ndarray | None:
-        """Per slice, the fraction of stage 1's map at or above :data:`VEIN_PROBABILITY`."""
+        """Per slice (2-D, or a stack's centre), the fraction of stage 1's map at or above :data:`VEIN_PROBABILITY`."""
         model = self._eager()
         out = []
         with torch.inference_mode():
             for i in range(0, len(slices_hu), batch_size):
-                chunk = list(slices_hu[i : i + batch_size])
+                # centre slices: stage 1 sees one slice (a [2k+1, H, W] stack gives its middle one)
+                chunk = [
+                    np.asarray(c)[len(c) // 2] if np.ndim(c) == 3 else c
+                    for c in slices_hu[i : i + batch_size]
+                ]
                 x = torch.from_numpy(volume_stacks(chunk, self.spec.image_size, self.spec.windows, 0))
                 seg = model.module.stage1(downsample(x, model.module.stage1_size))
                 out.append((torch.sigmoid(seg[:, 0]) >= VEIN_PROBABILITY).flatten(1).double().mean(1).numpy())

@@ -102,7 +102,7 @@ class VeinCascadeModel(TorchModel):
         # vein pixels weighted by the square root of the class ratio (capped): a few % of a slice is vein
         self._vein_weight = torch.tensor(min(((1.0 - f) / f) ** 0.5, 10.0))
         return CascadeNet(
-            windows=spec.in_channels,
+            windows=len(spec.windows),  # HU windows per slice (in_channels counts the context slices too)
             context=_int_knob(params, "context_slices", 0, 16),
             stage1_size=stage1,
             crop_size=_int_knob(params, "crop_size", 4, 512),
