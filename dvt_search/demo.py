@@ -12,6 +12,11 @@ import importlib.util
 import time
 from pathlib import Path
 
+#: Default sizes: see README's demo section for what they buy and cost on 2 CPU cores.
+DEMO_TRIALS = 2
+DEMO_EPOCHS = 2
+DEMO_BUDGET = ""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,8 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="phantom preset (default: easy; at 64 px the standard femoral vein is under 2 px wide)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trials", type=int, default=2, help="trials per family (default: 2)")
-    p.add_argument("--max-epochs", type=int, default=2, help="epochs per CNN trial (default: 2)")
+    p.add_argument(
+        "--trials", type=int, default=DEMO_TRIALS, help=f"trials per family (default: {DEMO_TRIALS})"
+    )
+    p.add_argument(
+        "--max-epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per CNN trial (default: {DEMO_EPOCHS})"
+    )
+    p.add_argument(
+        "--budget",
+        default=DEMO_BUDGET,
+        metavar="FAMILY=TRIALS[xEPOCHS],...",
+        help="per-family trials/epochs, as for `dvt-search search --budget` (default: %(default)s; entries for "
+        "families not searched are dropped; '' for none)",
+    )
     p.add_argument("--family", default="all", help="families to search: all or NAME[,NAME] (default: all)")
     p.add_argument("--no-search", action="store_true", help="stop after the data stages")
     p.set_defaults(func=run)
@@ -104,6 +120,7 @@ def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Pat
             str(args.trials),
             "--max-epochs",
             str(args.max_epochs),
+            *_budget_args(args.budget, args.family),
             "--size",
             str(args.size),
             "--storage",
@@ -136,6 +153,15 @@ def _search_and_after(args: argparse.Namespace, manifest: Path, splits_path: Pat
     print(f"report: {Path('reports') / run_name / 'report.html'}")
     print(f"exported winners: {args.out / 'export'}")
     return 0
+
+
+def _budget_args(budget: str, family: str) -> list[str]:
+    """``["--budget", ...]`` for the demo's searched families (entries for other families are left out)."""
+    from .families import names
+
+    searched = set(names()) if family == "all" else {f.strip() for f in family.split(",")}
+    kept = [e.strip() for e in budget.split(",") if e.strip() and e.partition("=")[0].strip() in searched]
+    return ["--budget", ",".join(kept)] if kept else []
 
 
 def _predict_on_dicom(args: argparse.Namespace, manifest: Path, splits_path: Path, run_dir: Path) -> int:
