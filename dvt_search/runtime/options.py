@@ -102,8 +102,8 @@ class SearchOptions:
     """Everything ``dvt-search search`` takes (see ``dvt-search search --help``).
 
     Run-defining fields (saved in ``run.json`` through :func:`run_config`): families, trials, max_epochs,
-    budget (per-family overrides, :func:`parse_budget`), splits, size, windows, augment, resources, scheduler, sampler, failures, checkpoints, seed,
-    sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
+    budget (per-family overrides, :func:`parse_budget`), splits, size, windows, augment, resources,
+    scheduler, sampler, failures, checkpoints, seed, sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
     space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s,
     autoscaling_config.
     """
