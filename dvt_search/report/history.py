@@ -41,7 +41,8 @@ def _spearman_importance(trials: pd.DataFrame) -> dict[str, float]:
     out = {}
     for col in [c for c in done.columns if c.startswith("params_")]:
         x = done[col]
-        if x.dtype == object:
+        if not pd.api.types.is_numeric_dtype(x) or pd.api.types.is_bool_dtype(x):
+            # categoricals (object or pandas string dtypes, e.g. schedule: step/cosine/none) as codes
             x = x.astype(str).astype("category").cat.codes
         if x.nunique() < 2:
             continue

@@ -51,10 +51,26 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """How much is searched: trials per family and the epoch budget of a full trial."""
+    """How much is searched: trials per family and the epoch budget of a full trial.
+
+    ``trials_per_family`` and ``max_epochs`` are the run's defaults; ``family_trials`` and
+    ``family_epochs`` override them for single families (``--budget vgg16=2x1``: heavy families get fewer
+    trials or epochs). Read them through :meth:`trials_for` and :meth:`epochs_for`, never the fields.
+    A ``run.json`` written before per-family budgets existed has neither map and loads with both empty.
+    """
 
     trials_per_family: int = 10
     max_epochs: int = 10
+    family_trials: dict[str, int] = field(default_factory=dict)
+    family_epochs: dict[str, int] = field(default_factory=dict)
+
+    def trials_for(self, family: str) -> int:
+        """Trials searched for ``family`` (its override, else the run's ``trials_per_family``)."""
+        return int(self.family_trials.get(family, self.trials_per_family))
+
+    def epochs_for(self, family: str) -> int:
+        """Epoch budget of a full trial of ``family`` (its override, else the run's ``max_epochs``)."""
+        return int(self.family_epochs.get(family, self.max_epochs))
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,7 @@ class RunConfig:
         families: the searched families, in search order.
         seed: seed of splits, samplers and data order.
         data: manifest, input, augmentation, splits source.
-        budget: trials per family and epochs per trial.
+        budget: trials per family and epochs per trial (per-family overrides: ``budget.trials_for``).
         scheduler: early stopping.
         searcher: the Optuna sampler.
         resources: CPUs/GPUs/workers per trial.

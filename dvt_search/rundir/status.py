@@ -95,6 +95,6 @@ def status_lines(run: RunDir, family: str | None = None) -> list[str]:
     lines = [f"run {run.path}"]
     for fam in families:
         lines += family_table(
-            fam, run.trials(fam), metric=cfg.metric, mode=cfg.mode, total=cfg.budget.trials_per_family
+            fam, run.trials(fam), metric=cfg.metric, mode=cfg.mode, total=cfg.budget.trials_for(fam)
         )
     return lines

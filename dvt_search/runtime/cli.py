@@ -17,7 +17,13 @@ examples:
   dvt-search search --data data/manifest.parquet --family all --trials 20 --max-epochs 10 --storage runs
   dvt-search search --data m.parquet --splits splits.json --family vgg16,multitask_unet --trials 50 \\
       --max-epochs 30 --gpus-per-trial 0.25 --storage /nfs/runs --name lab-1 --address auto
+  dvt-search search --data m.parquet --family all --trials 8 --max-epochs 6 \
+      --budget vgg16=2x3,densenet161=2x3,sift_bow_svm=12 --storage runs
   dvt-search search --data m.parquet --storage runs --name lab-1 --resume
+
+--budget FAMILY=TRIALS[xEPOCHS] overrides --trials / --max-epochs for one family (FAMILY=xEPOCHS: epochs
+only); give several entries separated by commas or repeat the flag. Epochs do not apply to sift_bow_svm
+(one-shot trials).
 
 The run directory (<storage>/<name>/) holds run.json, splits.json, search-space snapshots, the Optuna
 journal (optuna-dashboard <run>/optuna.journal) and one record per trial; `dvt-search select` reads it.
@@ -56,6 +62,16 @@ def _gpus(text: str) -> float | str:
     if value < 0:
         raise argparse.ArgumentTypeError(f"--gpus-per-trial: expected a number >= 0 or auto, got {text!r}")
     return value
+
+
+def _budget(text: str) -> dict[str, tuple[int | None, int | None]]:
+    """``vgg16=2x1,multitask_unet=4`` -> per-family (trials, epochs) (see ``parse_budget``)."""
+    from .options import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _loader_workers(text: str) -> int | None:
@@ -101,6 +117,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trials", type=int, help="trials per family (default: 10; --resume: the run's)")
     p.add_argument(
         "--max-epochs", type=int, help="epoch budget of a full trial (default: 10; --resume: the run's)"
+    )
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        action="append",
+        default=[],
+        metavar="FAMILY=TRIALS[xEPOCHS],...",
+        help="per-family trials (and epochs) overriding --trials/--max-epochs, e.g. vgg16=2x1,multitask_unet=4 "
+        "(repeatable; --resume: must match the run's)",
     )
     p.add_argument(
         "--storage", required=True, type=Path, help="where run directories live (shared on a cluster)"

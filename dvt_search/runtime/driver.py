@@ -106,7 +106,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         )
         note_family(rd, fam, needs, session.max_concurrent, scheduler_name(cfg.scheduler, needs.budget))
         print(
-            f"[{fam}] searching {cfg.budget.trials_per_family} trials, up to {needs.budget} epoch(s) each, "
+            f"[{fam}] searching {cfg.budget.trials_for(fam)} trials, up to {needs.budget} epoch(s) each, "
             f"{session.max_concurrent} at a time ({needs.trainer})",
             flush=True,
         )

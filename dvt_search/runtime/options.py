@@ -9,6 +9,7 @@ connect, the dashboard, progress lines, a concurrency cap).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,76 @@ class RunError(RuntimeError):
     """The run cannot start or resume (the message says why and what to do)."""
 
 
+#: One family's ``--budget`` entry: (trials, epochs), ``None`` where the entry leaves the run's default.
+FamilyBudget = tuple[int | None, int | None]
+
+_BUDGET_ENTRY = re.compile(r"^(?P<family>[A-Za-z0-9_.-]+)=(?P<trials>[0-9]*)(?:x(?P<epochs>[0-9]+))?$")
+
+
+def parse_budget(text: str) -> dict[str, FamilyBudget]:
+    """``vgg16=2x1,multitask_unet=4,densenet161=x1`` -> ``{family: (trials, epochs)}``.
+
+    Each entry is ``FAMILY=TRIALS``, ``FAMILY=TRIALSxEPOCHS`` or ``FAMILY=xEPOCHS``; counts are >= 1.
+
+    Raises:
+        ValueError: a malformed entry, a count below 1, or a family given twice (the message quotes it).
+    """
+    out: dict[str, FamilyBudget] = {}
+    for item in (s.strip() for s in text.split(",")):
+        m = _BUDGET_ENTRY.match(item)
+        if not m or not (m["trials"] or m["epochs"]):
+            raise ValueError(
+                f"--budget entry {item!r}: expected FAMILY=TRIALS, FAMILY=TRIALSxEPOCHS or FAMILY=xEPOCHS"
+            )
+        trials = int(m["trials"]) if m["trials"] else None
+        epochs = int(m["epochs"]) if m["epochs"] else None
+        if (trials is not None and trials < 1) or (epochs is not None and epochs < 1):
+            raise ValueError(f"--budget entry {item!r}: trials and epochs must be >= 1")
+        if m["family"] in out:
+            raise ValueError(f"--budget entry {item!r}: family {m['family']!r} is given twice")
+        out[m["family"]] = (trials, epochs)
+    return out
+
+
+def merge_budgets(entries: list[dict[str, FamilyBudget]]) -> dict[str, FamilyBudget]:
+    """The ``--budget`` flags of one command line as one map (a family given in two flags is an error)."""
+    merged: dict[str, FamilyBudget] = {}
+    for entry in entries:
+        for fam, value in entry.items():
+            if fam in merged:
+                raise RunError(f"--budget: family {fam!r} is given twice")
+            merged[fam] = value
+    return merged
+
+
+def budget_config(opts: SearchOptions, fams: list[str]) -> BudgetConfig:
+    """The run's budget: ``--trials``/``--max-epochs`` defaults plus ``--budget`` overrides.
+
+    Raises:
+        RunError: a ``--budget`` entry names a family that is not searched (or not registered).
+    """
+    merged = merge_budgets(opts.budget)
+    stray = [f for f in merged if f not in fams]
+    if stray:
+        raise RunError(
+            f"--budget names {', '.join(repr(f) for f in stray)}, not among the searched families "
+            f"({', '.join(fams)})"
+        )
+    return BudgetConfig(
+        trials_per_family=int(opts.trials or DEFAULT_TRIALS),
+        max_epochs=int(opts.max_epochs or DEFAULT_MAX_EPOCHS),
+        family_trials={f: t for f, (t, _) in merged.items() if t is not None},
+        family_epochs={f: e for f, (_, e) in merged.items() if e is not None},
+    )
+
+
 @dataclass
 class SearchOptions:
     """Everything ``dvt-search search`` takes (see ``dvt-search search --help``).
 
     Run-defining fields (saved in ``run.json`` through :func:`run_config`): families, trials, max_epochs,
-    splits, size, windows, augment, resources, scheduler, sampler, failures, checkpoints, seed,
-    sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
+    budget (per-family overrides, :func:`parse_budget`), splits, size, windows, augment, resources,
+    scheduler, sampler, failures, checkpoints, seed, sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
     space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s,
     autoscaling_config.
     """
@@ -49,6 +113,7 @@ class SearchOptions:
     families: list[str] = field(default_factory=lambda: ["all"])
     trials: int | None = None  # None: 10 for a new run, the run's own on --resume
     max_epochs: int | None = None
+    budget: list[dict[str, FamilyBudget]] = field(default_factory=list)  # one dict per --budget flag
     splits: Path | None = None
     name: str | None = None
     resume: bool = False
@@ -160,10 +225,7 @@ def run_config(opts: SearchOptions, fams: list[str]) -> RunConfig:
             augment=dict(opts.augment),
             splits_source=str(opts.splits) if opts.splits else None,
         ),
-        budget=BudgetConfig(
-            trials_per_family=int(opts.trials or DEFAULT_TRIALS),
-            max_epochs=int(opts.max_epochs or DEFAULT_MAX_EPOCHS),
-        ),
+        budget=budget_config(opts, fams),
         scheduler=SchedulerConfig(
             type=opts.scheduler,
             grace_period=int(opts.grace_period),

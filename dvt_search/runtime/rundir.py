@@ -4,7 +4,7 @@ A fresh run writes, before any trial starts: ``run.json`` (identity, the frozen
 :class:`~dvt_search.rundir.config.RunConfig`, library versions), ``splits.json`` (a copy of the given
 splits, or new seeded splits when none were given) and a snapshot of every family's search space. A resume
 is refused when the manifest or the splits changed since the run began, or when ``--trials`` /
-``--max-epochs`` contradict the run; otherwise the run's own saved config is used as it is (the command
+``--max-epochs`` / ``--budget`` contradict the run; otherwise the run's own saved config is used as it is (the command
 line's search-defining flags are not read). Every path comes from :class:`~dvt_search.rundir.RunDir`.
 """
 
@@ -19,7 +19,7 @@ from dvt_search.families.base import TrialNeeds
 from dvt_search.rundir import RunDir, RunInfo, latest_run
 from dvt_search.search.space import load_family_space, write_snapshot
 
-from .options import RunError, SearchOptions, run_config
+from .options import RunError, SearchOptions, merge_budgets, run_config
 
 
 def versions() -> dict[str, str]:
@@ -107,7 +107,26 @@ def check_resume(rd: RunDir, opts: SearchOptions, df: Any) -> RunInfo:
     ):
         if asked is not None and asked != have:
             raise RunError(f"refusing to resume {rd.path}: {flag} {asked} differs from the run's {have}")
+    check_resume_budget(rd, opts, info)
     return info
+
+
+def check_resume_budget(rd: RunDir, opts: SearchOptions, info: RunInfo) -> None:
+    """Refuse a ``--budget`` on ``--resume`` that contradicts the run's per-family trials or epochs."""
+    budget = info.config.budget
+    for fam, (trials, epochs) in merge_budgets(opts.budget).items():
+        if fam not in info.config.families:
+            raise RunError(
+                f"refusing to resume {rd.path}: --budget names {fam!r}, which the run does not search"
+            )
+        for what, asked, have in (
+            ("trials", trials, budget.trials_for(fam)),
+            ("epochs", epochs, budget.epochs_for(fam)),
+        ):
+            if asked is not None and asked != have:
+                raise RunError(
+                    f"refusing to resume {rd.path}: --budget {fam} {what} {asked} differs from the run's {have}"
+                )
 
 
 def note_family(rd: RunDir, fam: str, needs: TrialNeeds, max_concurrent: int, scheduler: str) -> None:

@@ -57,10 +57,10 @@ def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
 
 
 def trial_needs(family: type[Family], config: RunConfig) -> TrialNeeds:
-    """The family's answer for this run's budget and resource options."""
+    """The family's answer for this run's budget (its own epochs: ``budget.epochs_for``) and resources."""
     res = config.resources
     return family.trial_needs(
-        max_epochs=config.budget.max_epochs,
+        max_epochs=config.budget.epochs_for(family.name),
         cpus=res.cpus_per_trial,
         gpus=res.gpus_per_trial,
         train_workers=res.train_workers,

@@ -155,7 +155,7 @@ def run_family(
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
     exp_path = run.tune_dir(family)
     journal = run.journal
-    trials = cfg.budget.trials_per_family
+    trials = cfg.budget.trials_for(family)
     param_space = {"run": ctx.ref()}
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)

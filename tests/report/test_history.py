@@ -80,3 +80,20 @@ def test_torn_journal_is_read_from_a_repaired_copy_and_said(tmp_path: Path, capl
     assert [p.name for p in tmp_path.iterdir()] == ["optuna.journal"]
     (line,) = [r.getMessage() for r in caplog.records]
     assert str(journal) in line and "byte(s)" in line
+
+
+def test_spearman_importance_codes_string_dtype_categoricals() -> None:
+    """A categorical held as a pandas string column (what a ``schedule: step/cosine/none`` study gives)."""
+    import pandas as pd
+
+    from dvt_search.report.history import _spearman_importance
+
+    trials = pd.DataFrame(
+        {
+            "value": [0.5, 0.6, 0.7, 0.8],
+            "params_schedule": pd.Series(["none", "none", "step", "step"], dtype="string"),
+            "params_lr": [1e-4, 1e-3, 1e-2, 1e-1],
+        }
+    )
+    imp = _spearman_importance(trials)
+    assert set(imp) == {"schedule", "lr"} and abs(sum(imp.values()) - 1.0) < 1e-9
