@@ -163,6 +163,7 @@ class RecordsCallback(Callback):
         rec.gpu_s = rec.wall_s * self.gpus
         rec.status = status
         rec.error = error
+        rec.ended_at = time.time()
         src = st.get("best_checkpoint")
         if src and Path(src).is_dir():
             skip = families.get(self.family).training_only_files
@@ -190,6 +191,8 @@ class RecordsCallback(Callback):
         self._started[trial.trial_id] = time.monotonic()
         rec.status = "running"
         rec.error = None
+        if rec.started_at is None:
+            rec.started_at = time.time()
         self.run.write_trial(rec)
 
     on_trial_restore = on_trial_start
@@ -251,6 +254,13 @@ class RecordsCallback(Callback):
         self._finish(trial, "failed", error=_error_text(trial))
 
 
+def in_ray_actor() -> bool:
+    """Whether this process runs the Tune experiment inside a Ray actor (not the search's driver)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def _error_text(trial: Any) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
@@ -262,6 +272,9 @@ def _error_text(trial: Any) -> str:
 
 class ProgressCallback(Callback):
     """Prints a progress line for one family whenever a trial starts or ends (results: every ``every_s``).
+
+    Silent when the experiment runs inside a Ray actor (families searched at once, :mod:`.concurrent`):
+    the driver then prints one line over every family from the records.
 
     Example: ``[vgg16] 7/20 done | 2 running | 4 stopped early | 1 failed | best val_auc 0.7132 (a1b2c3d4)``.
     """
@@ -288,6 +301,8 @@ class ProgressCallback(Callback):
         )
 
     def _print(self) -> None:
+        if in_ray_actor():  # the family runs beside others (.concurrent): the driver prints one line
+            return
         line = self.line()
         if line != self._printed or time.monotonic() - self._last >= self.every_s:
             print(line, file=sys.stdout, flush=True)
@@ -337,6 +352,36 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, error=True)
         self._print()
+
+
+class StopOnCancel(Callback):
+    """Ends the Tune run the way Ctrl-C does when the Ray task running it was cancelled (``ray.cancel``).
+
+    A family searched in its own Ray actor (:mod:`.concurrent`) cannot see the driver's Ctrl-C. The driver
+    cancels the actor's task instead, which only sets a flag; at the next step this callback sends the
+    process Tune's own stop signal (``SIGUSR1``, handled like SIGINT while ``tune.run`` loops): Tune saves
+    its experiment state one last time and returns, trials left unfinished are resumed by ``--resume``.
+    Only inside a Ray actor, and only where Tune installed its handler (``tune.run`` in the process's main thread); elsewhere the signal
+    would end the process, so nothing is sent and the driver's exit ends the actor.
+    """
+
+    def __init__(self) -> None:
+        self._sent = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_sent": False}
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        import signal
+
+        import ray
+
+        if self._sent or not in_ray_actor() or not ray.get_runtime_context().is_canceled():
+            return
+        if callable(signal.getsignal(signal.SIGUSR1)):
+            self._sent = True
+            log.warning("the search was interrupted: saving the Tune experiment's state")
+            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 class TrainGroupReaper(Callback):

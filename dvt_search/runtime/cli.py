@@ -172,6 +172,12 @@ def register(subparsers: Any) -> None:
         "cluster can become (default: Ray's own cluster config if the GCS has one, else "
         "~/ray_bootstrap_config.yaml when joining a cluster, else the nodes alive now)",
     )
+    p.add_argument(
+        "--families-sequential",
+        action="store_true",
+        help="search the families one after another (default: every family's study at once, each with its "
+        "own trials, ASHA and sampler, sharing the cluster)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
     p.add_argument(
         "--space-dir", type=Path, default=Path("search_spaces"), help="search-space YAML directory"

@@ -38,7 +38,7 @@ from dvt_search.families.base import TrialNeeds
 from dvt_search.rundir.config import SchedulerConfig
 from dvt_search.search.space import SearchSpace
 
-from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
+from .callbacks import ProgressCallback, RecordsCallback, StopOnCancel, TrainGroupReaper
 from .console import quiet_libraries
 from .searcher import OptunaStudySearcher, close_unfinished
 from .setup import DRIVER_CPU, TrialContext
@@ -191,6 +191,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
                 every_s=session.progress_every_s,
             ),
             TrainGroupReaper(),
+            StopOnCancel(),
         ]
         tuner = tune.Tuner(
             _trainable(needs),
