@@ -45,7 +45,7 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
         tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": {"fixed": {"schedule": "none"}}}
     )
     common = dict(
-        manifest=phantom, storage=tmp_path / "runs", trials=3, max_epochs=2, size=32, space_dir=spaces,
+        manifest=phantom, storage=tmp_path / "runs", trials=2, max_epochs=2, size=32, space_dir=spaces,
         plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9, include_dashboard=False,
     )  # fmt: skip
     run_search(SearchOptions(name="together", families=["scripted,tiny_cnn"], **common))
@@ -53,21 +53,21 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
     run = RunDir(tmp_path / "runs" / "together")
     for fam in ("scripted", "tiny_cnn"):
         records = run.trials(fam)
-        assert len(records) == 3 and all(r.final for r in records), [(r.status, r.error) for r in records]
+        assert len(records) == 2 and all(r.final for r in records), [(r.status, r.error) for r in records]
     assert sorted(run.read_info().state.finished_families) == ["scripted", "tiny_cnn"]
-    assert _study_sizes(run) == {"scripted": 3, "tiny_cnn": 3}
+    assert _study_sizes(run) == {"scripted": 2, "tiny_cnn": 2}
     assert _overlaps(run, "scripted", "tiny_cnn") > 0
     assert "searching 2 families at once: scripted, tiny_cnn" in out
     # the driver's one line over both families (from the records), not per-family lines from the actors
-    final = [ln for ln in out.splitlines() if ln.startswith("[scripted 3/3 done")]
-    assert final and "| tiny_cnn 3/3 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
+    final = [ln for ln in out.splitlines() if ln.startswith("[scripted 2/2 done")]
+    assert final and "| tiny_cnn 2/2 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
 
     # The same search with --families-sequential: never two families' trials at once.
     run_search(
         SearchOptions(name="in-turn", families=["scripted,tiny_cnn"], families_sequential=True, **common)
     )
     seq = RunDir(tmp_path / "runs" / "in-turn")
-    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [3, 3]
+    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [2, 2]
     assert _overlaps(seq, "scripted", "tiny_cnn") == 0
 
 
@@ -86,7 +86,7 @@ def no_ray_here() -> None:
 
 
 def test_killed_concurrent_driver_resumes_every_family(no_ray_here, phantom, tmp_path) -> None:
-    trials = 5
+    trials = 4
     spaces = write_spaces(tmp_path / "spaces", {"scripted": SPACE, "scripted_gpu": SPACE})
     runs = tmp_path / "runs"
     run = RunDir(runs / "kill")

@@ -7,7 +7,7 @@
 * ``tiny_cnn_broken``: ``tiny_cnn`` that fails on every attempt by default.
 * ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
   ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
-* ``scripted_gpu``: ``scripted`` whose trials reserve ``--gpus-per-trial`` GPUs (no GPU is touched: the
+* ``scripted_gpu`` (and ``scripted_gpu_b``, a second one): ``scripted`` whose trials reserve ``--gpus-per-trial`` GPUs (no GPU is touched: the
   GPUs of a simulated cluster are fake resources).
 """
 
@@ -194,3 +194,22 @@ class ScriptedGpu(Scripted):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ScriptedGpuModel:
         return ScriptedGpuModel.load(directory)
+
+
+class ScriptedGpuBModel(ScriptedModel):
+    family: ClassVar[str] = "scripted_gpu_b"
+
+
+@register
+class ScriptedGpuB(ScriptedGpu):
+    """A second GPU family like ``scripted_gpu`` (several GPU families searched at once)."""
+
+    name: ClassVar[str] = "scripted_gpu_b"
+
+    @classmethod
+    def build(cls, params: Mapping[str, Any], spec: DataSpec) -> ScriptedGpuBModel:
+        return ScriptedGpuBModel(cls.resolve_params(params), spec)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScriptedGpuBModel:
+        return ScriptedGpuBModel.load(directory)
