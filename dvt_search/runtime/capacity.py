@@ -126,6 +126,10 @@ class Capacity:
             out.append(NodeType(t.name, res, t.max_count))
         return Capacity(tuple(out), self.source)
 
+    def beside_gpu_trials(self, needs: Mapping[str, TrialNeeds]) -> Capacity:
+        """What CPU-only work may use while the GPU families among ``needs`` fill their GPUs."""
+        return self.beside([_process(n) for n in needs.values() if n.gpus > 0])
+
     def concurrent_caps(self, needs: Mapping[str, TrialNeeds]) -> dict[str, int]:
         """Each family's concurrency cap when all of ``needs``' families search at once.
 
@@ -140,7 +144,7 @@ class Capacity:
           them than the cluster holds could pile up drivers that keep every group from fitting.
         """
         gpu = [_process(n) for n in needs.values() if n.gpus > 0]
-        spare = self.beside(gpu)
+        spare = self.beside_gpu_trials(needs)
         ray_train = [f for f, n in needs.items() if n.trainer == "ray-train"]
         caps = {}
         for fam, n in needs.items():

@@ -106,6 +106,8 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
             flush=True,
         )
     warm_cpus = capacity.largest("CPU") if cfg.sift_cache else 0.0
+    if together and cfg.sift_cache:  # the pre-warm runs beside GPU trials: only on CPUs they leave free
+        warm_cpus = capacity.beside_gpu_trials(needs).largest("CPU") or warm_cpus
     if together:
         from .concurrent import search_concurrently
 
