@@ -354,36 +354,6 @@ class ProgressCallback(Callback):
         self._print()
 
 
-class StopOnCancel(Callback):
-    """Ends the Tune run the way Ctrl-C does when the Ray task running it was cancelled (``ray.cancel``).
-
-    A family searched in its own Ray actor (:mod:`.concurrent`) cannot see the driver's Ctrl-C. The driver
-    cancels the actor's task instead, which only sets a flag; at the next step this callback sends the
-    process Tune's own stop signal (``SIGUSR1``, handled like SIGINT while ``tune.run`` loops): Tune saves
-    its experiment state one last time and returns, trials left unfinished are resumed by ``--resume``.
-    Only inside a Ray actor, and only where Tune installed its handler (``tune.run`` in the process's main thread); elsewhere the signal
-    would end the process, so nothing is sent and the driver's exit ends the actor.
-    """
-
-    def __init__(self) -> None:
-        self._sent = False
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"_sent": False}
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        import signal
-
-        import ray
-
-        if self._sent or not in_ray_actor() or not ray.get_runtime_context().is_canceled():
-            return
-        if callable(signal.getsignal(signal.SIGUSR1)):
-            self._sent = True
-            log.warning("the search was interrupted: saving the Tune experiment's state")
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
 class TrainGroupReaper(Callback):
     """Removes the placement group of a ``ray-train`` trial's Train run once the trial has ended.
 

@@ -29,16 +29,21 @@ Progress: the actors print nothing of their own (``ProgressCallback`` is silent 
 driver polls the records on disk and prints one line over every family whenever a count changes (and every
 ``--progress-every`` seconds).
 
-Interrupts: Ctrl-C in the driver cancels each actor's task (``ray.cancel``, which only sets a flag); the
-family's ``StopOnCancel`` callback then stops its Tune run the way Ctrl-C stops a sequential one (state
-saved, unfinished trials resumed by ``--resume``). A driver that dies without that (SIGKILL, lost head)
+Interrupts: on Ctrl-C the driver sends each family's actor (a process on its own node) ``SIGUSR1``, the
+stop signal ``tune.run`` handles like SIGINT: each Tune run saves its experiment state and returns, as a
+sequential search does on Ctrl-C, its unfinished trials' Optuna trials stay RUNNING and ``--resume``
+re-runs them. (``ray.cancel`` cannot do this: for a running actor task it only sets a flag, and the
+caller sees the task as cancelled at once.) An actor still pre-warming simply ends (nothing is lost). A driver that dies without that (SIGKILL, lost head)
 takes its actors with it, as it takes its trials: ``--resume`` restores each unfinished family from its
 last experiment snapshot, exactly as after a sequential driver's death.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,8 +83,6 @@ class FamilySearch:
         space = load_snapshot(ctx.run.space_file(ctx.family), ctx.family)
         if warm_cpus > 0 and families.get(ctx.family).warms_shared_cache:
             prewarm(ctx, space, warm_cpus)
-        if ray.get_runtime_context().is_canceled():
-            return ctx.family
         run_family(
             space, ctx, SessionSettings(max_concurrent=max_concurrent, progress_every_s=progress_every_s)
         )
@@ -152,12 +155,12 @@ def search_concurrently(
     if run.journal.is_file():
         repair_journal(run.journal)  # once, before several processes open it
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actors, pending = {}, {}
+    actors = {fam: FamilySearch.options(scheduling_strategy=here).remote() for fam in todo}
+    pids = dict(zip(todo, ray.get([actors[fam].pid.remote() for fam in todo]), strict=True))
+    pending = {}
     for fam in todo:
         ref = TrialContext.derive(run, fam, config, spec).ref()
-        actor = FamilySearch.options(scheduling_strategy=here).remote()
-        actors[fam] = actor
-        pending[actor.search.remote(ref, int(caps[fam]), progress_every_s, warm_cpus)] = fam
+        pending[actors[fam].search.remote(ref, int(caps[fam]), progress_every_s, warm_cpus)] = fam
     progress = _Progress(run, shown, config, progress_every_s, set(finished))
     done, failed = [], {}
     total = config.budget.trials_per_family
@@ -182,9 +185,11 @@ def search_concurrently(
             progress.tick()
     except KeyboardInterrupt:
         print("interrupted: every family saves its Tune state (Ctrl-C again to skip)", flush=True)
-        for ref in pending:
-            ray.cancel(ref, recursive=False)
-        ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
+        for fam in pending.values():  # Tune's own stop signal (what Ctrl-C does to a sequential search)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[fam], signal.SIGUSR1)
+        with contextlib.suppress(KeyboardInterrupt):
+            ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
         raise RunError(
             f"interrupted; continue the run with --resume --name {run.path.name} (finished: "
             f"{', '.join(sorted(progress.finished)) or 'none'})"

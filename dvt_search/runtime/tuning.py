@@ -36,9 +36,10 @@ from ray.tune.search import ConcurrencyLimiter
 
 from dvt_search.families.base import TrialNeeds
 from dvt_search.rundir.config import SchedulerConfig
+from dvt_search.rundir.status import family_done
 from dvt_search.search.space import SearchSpace
 
-from .callbacks import ProgressCallback, RecordsCallback, StopOnCancel, TrainGroupReaper
+from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .console import quiet_libraries
 from .searcher import OptunaStudySearcher, close_unfinished
 from .setup import DRIVER_CPU, TrialContext
@@ -142,7 +143,7 @@ def set_concurrency(tuner: tune.Tuner, max_concurrent: int) -> None:
 def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) -> tune.ResultGrid:
     """Run (or resume) one family's search until it holds the run's trials per family.
 
-    After Tune returns, Optuna trials still RUNNING (errored trials) are told FAIL.
+    After Tune returns with every trial ended, Optuna trials still RUNNING (errored trials) are told FAIL.
     """
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
     exp_path = run.tune_dir(family)
@@ -191,7 +192,6 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
                 every_s=session.progress_every_s,
             ),
             TrainGroupReaper(),
-            StopOnCancel(),
         ]
         tuner = tune.Tuner(
             _trainable(needs),
@@ -216,7 +216,9 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
         )
     with quiet_libraries():  # Tune's banners and Optuna's INFO lines stay off the terminal (.console)
         results = tuner.fit()
-        closed = close_unfinished(journal, family)
+        # Interrupted (Ctrl-C, Tune's stop signal): Tune saved its state and --resume re-runs the unfinished
+        # trials, so their Optuna trials stay RUNNING (a FAIL cannot be undone).
+        closed = close_unfinished(journal, family) if family_done(run, family, trials) else 0
     if closed:
         log.info("%s: %d failed trial(s) marked FAIL in the Optuna study", family, closed)
     return results
