@@ -3,8 +3,8 @@
 One run measures both, side by side, on the same cluster and the same tiny trials (figures only; nothing is
 asserted):
 
-* cluster: ``ray.cluster_utils.Cluster``, a ``CPU: 0`` head, 2 "GPU" nodes ``{CPU: 1, GPU: 1}`` (fake GPU
-  resources: nothing touches a device) and 1 CPU node ``{CPU: 2}``;
+* cluster: ``ray.cluster_utils.Cluster``, a ``CPU: 0`` head, 2 "GPU" nodes ``{CPU: 2, GPU: 1}`` (fake GPU
+  resources: nothing touches a device) and 1 CPU node ``{CPU: 4}``;
 * families (the test plug-ins, ``tests/support/dvt_test_plugins.py``): ``scripted`` as the CPU-only
   family (SIFT's place: longer trials, no GPU) and two GPU families ``scripted_gpu`` / ``scripted_gpu_b``
   (1 CPU + 1 GPU per trial); every trial sleeps ``epoch_s`` per epoch, ASHA stops the weaker ones;
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     spaces = _spaces(out / "spaces", args.cpu_epoch_s, args.gpu_epoch_s)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     for _ in range(GPUS):
-        cluster.add_node(num_cpus=1, num_gpus=1)
-    cluster.add_node(num_cpus=2)
+        cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.add_node(num_cpus=4)
     ray.init(address=cluster.address, logging_level="WARNING")
     figures: dict[str, Any] = {
-        "cluster": "CPU:0 head + 2 x {CPU: 1, GPU: 1} + 1 x {CPU: 2}",
+        "cluster": "CPU:0 head + 2 x {CPU: 2, GPU: 1} + 1 x {CPU: 4}",
         "args": vars(args),
     }
     try:

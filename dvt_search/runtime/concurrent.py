@@ -70,6 +70,10 @@ STOP_WAIT_S = 60.0
 class FamilySearch:
     """One family's search in its own process (see the module docstring)."""
 
+    def pid(self) -> int:
+        """The actor's process id (on the driver's node: the driver signals it on Ctrl-C)."""
+        return os.getpid()
+
     def search(
         self, ref: Mapping[str, Any], max_concurrent: int, progress_every_s: float, warm_cpus: float
     ) -> str:
