@@ -1,12 +1,15 @@
 """Every family's Tune experiment at once: one Ray actor per family, the driver as the one record keeper.
 
 Why actors and not threads: Ray Tune keeps process-wide state per experiment. ``tune.with_resources``
-sets the trial resources as an attribute *of the trainable function itself* (``run_trial._resources``), and
-Tune registers trainables by name in one registry per Ray job, so two experiments in one process would
-schedule each other's trials with the wrong resources; Tune installs its Ctrl-C handler only in the main
-thread, so an experiment in a thread could not be stopped gracefully; and :func:`~.console.quiet_libraries`
-sets process-wide switches. Ray itself runs a Tuner remotely the same way for Ray Client
-(``ray.remote(num_cpus=0)(TunerInternal)`` pinned to the client server's node). So each unfinished family
+sets the trial resources as an attribute of the trainable function object; Tune installs its Ctrl-C
+handler only in the main thread, so an experiment in a thread could not be stopped gracefully; and
+:func:`~.console.quiet_libraries` sets process-wide switches. Ray itself runs a Tuner remotely this way
+for Ray Client (``ray.remote(num_cpus=0)(TunerInternal)`` pinned to the client server's node). Processes
+do not separate everything: Tune's trainable registry is one per Ray *job* (the GCS key-value store,
+read back by every process), so each family registers its trainable under its own name
+(:func:`~.tuning.family_trainable`; under one shared name every family's trials were scheduled with the
+resources of the family that registered last: found by ``bench/bench_concurrent.py``, 4 one-GPU trials
+running on 2 GPUs). So each unfinished family
 gets a :class:`FamilySearch` actor with ``num_cpus=0`` (it never takes a CPU a trial could use, and fits a
 ``CPU: 0`` head), pinned to the driver's node (``NodeAffinitySchedulingStrategy``): the actor runs
 exactly what the sequential driver runs for one family (its SIFT cache pre-warm, then

@@ -108,8 +108,41 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(needs: TrialNeeds) -> Any:
-    return tune.with_resources(run_trial, trial_resources(needs))
+#: The trainable name of experiments started before families ran at once (kept for their resume).
+LEGACY_TRAINABLE = "run_trial"
+
+
+def family_trainable(family: str, needs: TrialNeeds, name: str | None = None) -> Any:
+    """:func:`run_trial` under the family's own trainable name, with the family's resources.
+
+    Tune registers trainables by name in one registry per Ray job (the GCS key-value store), and every
+    process of the job reads them back from there: families searched at once (:mod:`.concurrent`) under
+    one name would all schedule their trials with the resources of whichever registered last.
+    """
+
+    def trial(config: dict[str, Any]) -> Any:
+        return run_trial(config)
+
+    trial.__name__ = trial.__qualname__ = name or f"run_trial_{family}"
+    return tune.with_resources(trial, trial_resources(needs))
+
+
+def _restore(path: str, family: str, needs: TrialNeeds, param_space: dict[str, Any]) -> tune.Tuner:
+    def restore(name: str | None) -> tune.Tuner:
+        return tune.Tuner.restore(
+            path,
+            trainable=family_trainable(family, needs, name),
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+
+    try:
+        return restore(None)
+    except ValueError as exc:  # an experiment started before trainables had per-family names
+        if f"expected '{LEGACY_TRAINABLE}'" not in str(exc):
+            raise
+        return restore(LEGACY_TRAINABLE)
 
 
 def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
@@ -152,13 +185,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
     param_space = {"run": ctx.ref()}
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)
-        tuner = tune.Tuner.restore(
-            str(exp_path),
-            trainable=_trainable(needs),
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=param_space,
-        )
+        tuner = _restore(str(exp_path), family, needs, param_space)
         set_concurrency(tuner, session.max_concurrent)
     else:
         searcher = OptunaStudySearcher(
@@ -194,7 +221,7 @@ def run_family(space: SearchSpace, ctx: TrialContext, session: SessionSettings) 
             TrainGroupReaper(),
         ]
         tuner = tune.Tuner(
-            _trainable(needs),
+            family_trainable(family, needs),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,
