@@ -127,3 +127,20 @@ def test_interrupted_concurrent_driver_resumes_every_family(no_ray_here, phantom
         assert sorted(r.optuna_number for r in records) == list(range(trials))
     assert sorted(run.read_info().state.finished_families) == ["scripted", "scripted_gpu"]
     assert _study_sizes(run) == {"scripted": trials, "scripted_gpu": trials}
+
+
+def test_each_family_keeps_its_own_trial_resources_in_the_jobs_registry(ray_2_cpus) -> None:
+    """Tune's trainable registry is one per Ray job, read back by every process: families searched at once
+    must register under their own names, or one family's trials get another's resources."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.registry import get_trainable_cls
+
+    from dvt_search.families.base import TrialNeeds
+    from dvt_search.runtime.tuning import family_trainable
+
+    cpu = family_trainable("sift", TrialNeeds(budget=1, cpus=1.0))
+    gpu = family_trainable("vgg16", TrialNeeds(budget=3, cpus=1.0, gpus=0.5))
+    names = [Experiment.register_if_needed(t) for t in (cpu, gpu)]  # what Tuner.fit does with each
+    assert names == ["run_trial_sift", "run_trial_vgg16"]
+    bundles = [get_trainable_cls(n).default_resource_request({}).bundles for n in names]
+    assert bundles == [[{"CPU": 1.0}], [{"CPU": 1.0, "GPU": 0.5}]]
