@@ -162,7 +162,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-concurrent",
         type=int,
-        help="cap on concurrent trials (default: what the cluster fits, autoscaled nodes included)",
+        help="cap on each family's concurrent trials (default: what the cluster fits, autoscaled nodes "
+        "included; with families at once, GPU families may each fill it, CPU-only ones get the CPUs left)",
     )
     p.add_argument(
         "--autoscaling-config",
