@@ -100,6 +100,7 @@ def fake_cluster(tmp_path_factory, _runtime_env):
         env=env, stdout=(root / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
+        _wait_for_head(ray_bin, address, env, head)
         yield address, config, env
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -112,6 +113,20 @@ def fake_cluster(tmp_path_factory, _runtime_env):
             time.sleep(0.5)
         head.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _wait_for_head(
+    ray_bin: str, address: str, env: dict, head: subprocess.Popen, timeout: float = 180
+) -> None:
+    """Until ``ray status`` answers from the head (a driver started earlier fails to join, under load)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and head.poll() is None:
+        probe = subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True,
+                               timeout=120)  # fmt: skip
+        if probe.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the fake cluster's head at {address} did not come up within {timeout:.0f}s")
 
 
 def _search(env, address, config, phantom, spaces, runs, name, *extra) -> subprocess.CompletedProcess:
