@@ -110,9 +110,11 @@ def test_interrupted_concurrent_driver_resumes_every_family(no_ray_here, phantom
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
     assert first.returncode == 1, out[-2000:] + err[-3000:]
-    assert "interrupted; continue the run with --resume --name kill" in err and "Traceback" not in err, err[
-        -3000:
-    ]
+    assert "interrupted; continue the run with --resume --name kill" in err, err[-3000:]
+    # no traceback from the driver itself (Ray may forward one from a trial process it ends at shutdown)
+    own = [ln for ln in err.splitlines() if "pid=" not in ln]
+    assert not any("Traceback" in ln for ln in own), err[-3000:]
+    assert "Stop signal received" in err  # each family's Tune run saved its state (Tune's own stop path)
     assert run.read_info().state.finished_families == []
 
     second = subprocess.run(_cmd(phantom, spaces, runs, "--resume"), capture_output=True, text=True,
