@@ -208,6 +208,8 @@ class TrialRecord:
     failures: int = 0  # failed attempts (retried from the last checkpoint, or final for status failed)
     paper_config: bool = False  # the trial runs the family's paper configuration (its default_params())
     paper_outside_space: list[str] = field(default_factory=list)  # its params the space cannot represent
+    started_at: float | None = None  # UNIX time the trial first started running (its first attempt)
+    ended_at: float | None = None  # UNIX time it ended (completed, stopped or failed)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

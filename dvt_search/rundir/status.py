@@ -12,7 +12,7 @@ is a consistent snapshot of each trial. Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .layout import RunDir
@@ -98,3 +98,60 @@ def status_lines(run: RunDir, family: str | None = None) -> list[str]:
             fam, run.trials(fam), metric=cfg.metric, mode=cfg.mode, total=cfg.budget.trials_for(fam)
         )
     return lines
+
+
+def live_records(run: RunDir, family: str) -> list[TrialRecord]:
+    """The family's trial records as they are now, skipping any that vanish or are unreadable meanwhile.
+
+    Safe while a search writes the run (a resumed run removes records of trials its Tune state never
+    knew); :meth:`RunDir.trials` would raise on such a race.
+    """
+    root = run.trial_dir(family, "_").parent
+    try:
+        ids = sorted(p.name for p in root.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+    return [rec for rec in (run.read_trial(family, i) for i in ids) if rec is not None]
+
+
+def progress_line(
+    run: RunDir,
+    families: Iterable[str],
+    *,
+    total: int | Mapping[str, int],
+    metric: str,
+    mode: str,
+    finished: Iterable[str] = (),
+) -> str:
+    """One progress line over families, read from the records on disk (any process may run the trials).
+
+    ``total``: trials per family, one number or per family (``--budget``).
+
+    Example: ``[sift 6/6 done (finished) | vgg16 3/20 done, 2 running, best val_auc 0.7132]``.
+    """
+    done_fams = set(finished)
+    parts = []
+    for fam in families:
+        records = live_records(run, fam)
+        ended = sum(r.status in ("completed", "stopped", "failed") for r in records)
+        running = sum(r.status == "running" for r in records)
+        values = [r.best[metric] for r in records if metric in r.best]
+        best = (max(values) if mode == "max" else min(values)) if values else None
+        text = f"{fam} {ended}/{total[fam] if isinstance(total, Mapping) else total} done"
+        if running:
+            text += f", {running} running"
+        failed = sum(r.status == "failed" for r in records)
+        if failed:
+            text += f", {failed} failed"
+        if best is not None:
+            text += f", best {metric} {best:.4f}"
+        if fam in done_fams:
+            text += " (finished)"
+        parts.append(text)
+    return "[" + " | ".join(parts) + "]"
+
+
+def family_done(run: RunDir, family: str, total: int) -> bool:
+    """Whether the family's search is over: ``total`` trials recorded and every one of them ended."""
+    records = live_records(run, family)
+    return len(records) >= total and all(r.status in ("completed", "stopped", "failed") for r in records)

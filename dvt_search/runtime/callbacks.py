@@ -167,6 +167,7 @@ class RecordsCallback(Callback):
         rec.gpu_s = rec.wall_s * self.gpus
         rec.status = status
         rec.error = error
+        rec.ended_at = time.time()
         src = st.get("best_checkpoint")
         if src and Path(src).is_dir():
             skip = families.get(self.family).training_only_files
@@ -194,6 +195,8 @@ class RecordsCallback(Callback):
         self._started[trial.trial_id] = time.monotonic()
         rec.status = "running"
         rec.error = None
+        if rec.started_at is None:
+            rec.started_at = time.time()
         self.run.write_trial(rec)
 
     on_trial_restore = on_trial_start
@@ -256,6 +259,13 @@ class RecordsCallback(Callback):
         self._finish(trial, "failed", error=_error_text(trial))
 
 
+def in_ray_actor() -> bool:
+    """Whether this process runs the Tune experiment inside a Ray actor (not the search's driver)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def _error_text(trial: Any) -> str:
     path = getattr(trial, "error_file", None) or ""
     try:
@@ -267,6 +277,9 @@ def _error_text(trial: Any) -> str:
 
 class ProgressCallback(Callback):
     """Prints a progress line for one family whenever a trial starts or ends (results: every ``every_s``).
+
+    Silent when the experiment runs inside a Ray actor (families searched at once, :mod:`.concurrent`):
+    the driver then prints one line over every family from the records.
 
     Example: ``[vgg16] 7/20 done | 2 running | 4 stopped early | 1 failed | best val_auc 0.7132 (a1b2c3d4)``.
     """
@@ -293,6 +306,8 @@ class ProgressCallback(Callback):
         )
 
     def _print(self) -> None:
+        if in_ray_actor():  # the family runs beside others (.concurrent): the driver prints one line
+            return
         line = self.line()
         if line != self._printed or time.monotonic() - self._last >= self.every_s:
             print(line, file=sys.stdout, flush=True)

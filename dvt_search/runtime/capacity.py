@@ -110,6 +110,50 @@ class Capacity:
         """Trials of ``needs`` that fit at once (at least 1)."""
         return max(1, min(UNLIMITED, self.slots(_process(needs)) // max(1, needs.workers)))
 
+    def beside(self, processes: list[Mapping[str, float]]) -> Capacity:
+        """The table less the CPUs that GPU processes take on GPU node types, packed as tight as they go.
+
+        On each node type with GPUs, the most CPU any one of ``processes`` takes when it fills the node's
+        GPUs is taken away; node types without GPUs are unchanged. What is left is what CPU-only trials can
+        use without ever holding a CPU a GPU trial needs next to its GPU.
+        """
+        out = []
+        for t in self.node_types:
+            res = dict(t.resources)
+            if res.get("GPU", 0.0) > 0 and processes:
+                used = max(t.holds(p) * p.get("CPU", 0.0) for p in processes if p.get("GPU", 0.0) > 0)
+                res["CPU"] = max(0.0, res.get("CPU", 0.0) - min(UNLIMITED, used))
+            out.append(NodeType(t.name, res, t.max_count))
+        return Capacity(tuple(out), self.source)
+
+    def beside_gpu_trials(self, needs: Mapping[str, TrialNeeds]) -> Capacity:
+        """What CPU-only work may use while the GPU families among ``needs`` fill their GPUs."""
+        return self.beside([_process(n) for n in needs.values() if n.gpus > 0])
+
+    def concurrent_caps(self, needs: Mapping[str, TrialNeeds]) -> dict[str, int]:
+        """Each family's concurrency cap when all of ``needs``' families search at once.
+
+        * GPU families (direct trials): the whole cluster each. Their trials beyond the free resources
+          wait PENDING and start as soon as another family's trial ends: a family's ASHA tail is filled by
+          the others' trials instead of leaving GPUs idle. A direct trial is one reservation made at once,
+          so waiting trials hold nothing and cannot deadlock.
+        * CPU-only families beside GPU families: the CPUs the GPU trials leave free (:meth:`beside`), so
+          SIFT never takes the CPU a GPU trial needs next to its GPU.
+        * ``ray-train`` families share the cluster: their caps add up to what fits at once. A Ray Train
+          trial holds its driver's CPU share while it waits for its workers' placement group, so more of
+          them than the cluster holds could pile up drivers that keep every group from fitting.
+        """
+        gpu = [_process(n) for n in needs.values() if n.gpus > 0]
+        spare = self.beside_gpu_trials(needs)
+        ray_train = [f for f, n in needs.items() if n.trainer == "ray-train"]
+        caps = {}
+        for fam, n in needs.items():
+            cap = self.max_concurrent(n) if n.gpus > 0 or not gpu else spare.max_concurrent(n)
+            if fam in ray_train:
+                cap = max(1, cap // len(ray_train))
+            caps[fam] = cap
+        return caps
+
 
 def _shown(resource: str) -> bool:
     """Resources worth naming in a message (not memory sizes, node ids or accelerator labels)."""

@@ -227,7 +227,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-concurrent",
         type=int,
-        help="cap on concurrent trials (default: what the cluster fits, autoscaled nodes included)",
+        help="cap on each family's concurrent trials (default: what the cluster fits, autoscaled nodes "
+        "included; with families at once, GPU families may each fill it, CPU-only ones get the CPUs left)",
     )
     p.add_argument(
         "--autoscaling-config",
@@ -236,6 +237,12 @@ def register(subparsers: Any) -> None:
         help="the cluster's autoscaler config, to size concurrency and check feasibility on what the "
         "cluster can become (default: Ray's own cluster config if the GCS has one, else "
         "~/ray_bootstrap_config.yaml when joining a cluster, else the nodes alive now)",
+    )
+    p.add_argument(
+        "--families-sequential",
+        action="store_true",
+        help="search the families one after another (default: every family's study at once, each with its "
+        "own trials, ASHA and sampler, sharing the cluster)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
     p.add_argument(

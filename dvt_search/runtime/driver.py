@@ -1,5 +1,7 @@
 """The search driver: connect, check every family's trials fit the cluster (what it can become: see
-:mod:`.capacity`), prepare (or verify, on ``--resume``) the run directory, then search each family in turn.
+:mod:`.capacity`), prepare (or verify, on ``--resume``) the run directory, then search the families: all at once by default (:mod:`.concurrent`: one Tune experiment per family, each in
+its own Ray actor), or one after another in this process (``--families-sequential``, and always for a
+single family).
 
 A resume searches the snapshotted spaces (a later edit of ``search_spaces/`` cannot mix into a running
 study), skips families already finished and restores the others with their Optuna studies. See
@@ -14,6 +16,7 @@ from typing import Any
 
 from dvt_search import families
 from dvt_search.rundir import RunDir
+from dvt_search.rundir.status import family_done
 from dvt_search.search.space import load_snapshot
 
 from .capacity import discover
@@ -86,32 +89,43 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         rd.write_info(info)
     spec = info.state.spec
     finished = set(info.state.finished_families)
-    if cfg.sift_cache:  # families that share a cache between their trials fill it once, up front
-        from .prewarm import prewarm
-
-        for fam in fams:
-            if fam not in finished and families.get(fam).warms_shared_cache:
-                prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], capacity.largest("CPU"))
     for fam in fams:
         if fam in finished:
             print(f"[{fam}] already finished; skipped", flush=True)
-            continue
-        ctx = TrialContext.derive(rd, fam, cfg, spec)
-        needs = ctx.needs
-        gpus = plan_gpus(ctx, spaces[fam], capacity)  # --gpus-per-trial auto: measured once per run
-        packed = dataclasses.replace(needs, gpus=gpus.smallest) if gpus is not None else needs
-        session = SessionSettings(
-            max_concurrent=opts.max_concurrent or capacity.max_concurrent(packed),
-            progress_every_s=opts.progress_every_s,
-        )
-        note_family(rd, fam, needs, session.max_concurrent, scheduler_name(cfg.scheduler, needs.budget))
+    todo = [f for f in fams if f not in finished]
+    needs = {f: TrialContext.derive(rd, f, cfg, spec).needs for f in todo}
+    # --gpus-per-trial auto: GPU memory measured once per run; caps count the smallest measured share
+    packed = {}
+    for f in todo:
+        plan = plan_gpus(TrialContext.derive(rd, f, cfg, spec), spaces[f], capacity)
+        packed[f] = dataclasses.replace(needs[f], gpus=plan.smallest) if plan is not None else needs[f]
+    together = len(todo) > 1 and not opts.families_sequential
+    if opts.max_concurrent:
+        caps = {f: int(opts.max_concurrent) for f in todo}
+    elif together:
+        caps = capacity.concurrent_caps(packed)
+    else:
+        caps = {f: capacity.max_concurrent(n) for f, n in packed.items()}
+    for fam in todo:
+        note_family(rd, fam, needs[fam], caps[fam], scheduler_name(cfg.scheduler, needs[fam].budget))
         print(
-            f"[{fam}] searching {cfg.budget.trials_for(fam)} trials, up to {needs.budget} epoch(s) each, "
-            f"{session.max_concurrent} at a time ({needs.trainer})",
+            f"[{fam}] searching {cfg.budget.trials_for(fam)} trials, up to {needs[fam].budget} epoch(s) each, "
+            f"{caps[fam]} at a time ({needs[fam].trainer})",
             flush=True,
         )
-        run_family(spaces[fam], ctx, session, gpus)
-        mark_finished(rd, fam)
+    warm_cpus = capacity.largest("CPU") if cfg.sift_cache else 0.0
+    if together and cfg.sift_cache:  # the pre-warm runs beside GPU trials: only on CPUs they leave free
+        warm_cpus = capacity.beside_gpu_trials(packed).largest("CPU") or warm_cpus
+    if together:
+        from .concurrent import search_concurrently
+
+        print(f"searching {len(todo)} families at once: {', '.join(todo)}", flush=True)
+        search_concurrently(
+            rd, cfg, spec, todo, caps, shown=fams, finished=finished,
+            progress_every_s=opts.progress_every_s, warm_cpus=warm_cpus,
+        )  # fmt: skip
+    else:
+        _search_in_turn(rd, cfg, spec, todo, caps, spaces, opts.progress_every_s, warm_cpus)
     best = best_trials(rd, fams, cfg.metric)
     for fam, rec in best.items():
         if rec is None:
@@ -122,3 +136,33 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
                 f"({rec.status}) params {rec.params}"
             )
     return best
+
+
+def _search_in_turn(
+    rd: RunDir,
+    cfg: Any,
+    spec: dict[str, Any] | None,
+    todo: list[str],
+    caps: dict[str, int],
+    spaces: dict[str, Any],
+    progress_every_s: float,
+    warm_cpus: float,
+) -> None:
+    """The families one after another, each in this process (``--families-sequential``, or one family)."""
+    if warm_cpus > 0:  # families that share a cache between their trials fill it once, up front
+        from .prewarm import prewarm
+
+        for fam in todo:
+            if families.get(fam).warms_shared_cache:
+                prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], warm_cpus)
+    for fam in todo:
+        ctx = TrialContext.derive(rd, fam, cfg, spec)
+        run_family(
+            spaces[fam], ctx, SessionSettings(max_concurrent=caps[fam], progress_every_s=progress_every_s)
+        )
+        if family_done(rd, fam, cfg.budget.trials_for(fam)):
+            mark_finished(rd, fam)
+        else:  # Ctrl-C: Tune saved its state and returned early
+            raise RunError(
+                f"[{fam}] interrupted before every trial ended; continue with --resume --name {rd.path.name}"
+            )

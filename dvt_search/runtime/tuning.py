@@ -36,6 +36,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from dvt_search.families.base import TrialNeeds
 from dvt_search.rundir.config import SchedulerConfig
+from dvt_search.rundir.status import family_done
 from dvt_search.search.space import SearchSpace
 
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
@@ -108,12 +109,50 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(needs: TrialNeeds, gpus: GpuPlan | None = None) -> Any:
-    """``run_trial`` with its resources: per trial from the measured plan of ``--gpus-per-trial auto``
-    (``direct`` trials; a ``ray-train`` trial's workers read the plan themselves), else fixed."""
+#: The trainable name of experiments started before families ran at once (kept for their resume).
+LEGACY_TRAINABLE = "run_trial"
+
+
+def family_trainable(
+    family: str, needs: TrialNeeds, name: str | None = None, gpus: GpuPlan | None = None
+) -> Any:
+    """:func:`run_trial` under the family's own trainable name, with the family's resources.
+
+    Resources: per trial from the measured plan of ``--gpus-per-trial auto`` (``gpus``; ``direct`` trials,
+    a ``ray-train`` trial's workers read the plan themselves), else fixed (:func:`trial_resources`).
+
+    Tune registers trainables by name in one registry per Ray job (the GCS key-value store), and every
+    process of the job reads them back from there: families searched at once (:mod:`.concurrent`) under
+    one name would all schedule their trials with the resources of whichever registered last.
+    """
+
+    def trial(config: dict[str, Any]) -> Any:
+        return run_trial(config)
+
+    trial.__name__ = trial.__qualname__ = name or f"run_trial_{family}"
     if gpus is not None and needs.trainer != "ray-train":
-        return tune.with_resources(run_trial, gpus)
-    return tune.with_resources(run_trial, trial_resources(needs))
+        return tune.with_resources(trial, gpus)
+    return tune.with_resources(trial, trial_resources(needs))
+
+
+def _restore(
+    path: str, family: str, needs: TrialNeeds, param_space: dict[str, Any], gpus: GpuPlan | None
+) -> tune.Tuner:
+    def restore(name: str | None) -> tune.Tuner:
+        return tune.Tuner.restore(
+            path,
+            trainable=family_trainable(family, needs, name, gpus),
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+
+    try:
+        return restore(None)
+    except ValueError as exc:  # an experiment started before trainables had per-family names
+        if f"expected '{LEGACY_TRAINABLE}'" not in str(exc):
+            raise
+        return restore(LEGACY_TRAINABLE)
 
 
 def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
@@ -149,23 +188,20 @@ def run_family(
 ) -> tune.ResultGrid:
     """Run (or resume) one family's search until it holds the run's trials per family.
 
-    ``gpus``: the measured per-batch-size GPU shares (``--gpus-per-trial auto``, :mod:`.packing`).
-    After Tune returns, Optuna trials still RUNNING (errored trials) are told FAIL.
+    ``gpus``: the measured per-batch-size GPU shares (``--gpus-per-trial auto``, :mod:`.packing`; read from
+    the run directory when not given). After Tune returns with every trial ended, Optuna trials still
+    RUNNING (errored trials) are told FAIL.
     """
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
+    if gpus is None and cfg.resources.gpus_auto and needs.gpus > 0:  # a family's actor (.concurrent)
+        gpus = GpuPlan.load(run, family, needs.cpus)
     exp_path = run.tune_dir(family)
     journal = run.journal
     trials = cfg.budget.trials_for(family)
     param_space = {"run": ctx.ref()}
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)
-        tuner = tune.Tuner.restore(
-            str(exp_path),
-            trainable=_trainable(needs, gpus),
-            resume_unfinished=True,
-            resume_errored=True,
-            param_space=param_space,
-        )
+        tuner = _restore(str(exp_path), family, needs, param_space, gpus)
         set_concurrency(tuner, session.max_concurrent)
     else:
         searcher = OptunaStudySearcher(
@@ -201,7 +237,7 @@ def run_family(
             TrainGroupReaper(),
         ]
         tuner = tune.Tuner(
-            _trainable(needs, gpus),
+            family_trainable(family, needs, gpus=gpus),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,
@@ -223,7 +259,9 @@ def run_family(
         )
     with quiet_libraries():  # Tune's banners and Optuna's INFO lines stay off the terminal (.console)
         results = tuner.fit()
-        closed = close_unfinished(journal, family)
+        # Interrupted (Ctrl-C, Tune's stop signal): Tune saved its state and --resume re-runs the unfinished
+        # trials, so their Optuna trials stay RUNNING (a FAIL cannot be undone).
+        closed = close_unfinished(journal, family) if family_done(run, family, trials) else 0
     if closed:
         log.info("%s: %d failed trial(s) marked FAIL in the Optuna study", family, closed)
     return results

@@ -100,6 +100,7 @@ def fake_cluster(tmp_path_factory, _runtime_env):
         env=env, stdout=(root / "head.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
+        _wait_for_head(ray_bin, address, env, head)
         yield address, config, env
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -112,6 +113,20 @@ def fake_cluster(tmp_path_factory, _runtime_env):
             time.sleep(0.5)
         head.wait(timeout=30)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _wait_for_head(
+    ray_bin: str, address: str, env: dict, head: subprocess.Popen, timeout: float = 180
+) -> None:
+    """Until ``ray status`` answers from the head (a driver started earlier fails to join, under load)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and head.poll() is None:
+        probe = subprocess.run([ray_bin, "status", f"--address={address}"], env=env, capture_output=True,
+                               timeout=120)  # fmt: skip
+        if probe.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError(f"the fake cluster's head at {address} did not come up within {timeout:.0f}s")
 
 
 def _search(env, address, config, phantom, spaces, runs, name, *extra) -> subprocess.CompletedProcess:
@@ -149,3 +164,27 @@ def test_search_starts_on_an_empty_autoscaling_cluster(fake_cluster, phantom, tm
         (r.status, r.error) for r in records
     ]
     assert json.loads(run.run_file.read_text())["state"]["finished_families"] == ["scripted"]
+
+
+def test_all_families_at_once_on_an_empty_autoscaling_cluster(fake_cluster, phantom, tmp_path) -> None:
+    """A CPU-only and a GPU family searched at once: the GPU trials can only run on a worker the autoscaler
+    adds (the head has no CPU and no GPU), the CPU family's trials run beside them on the CPU workers."""
+    address, config, env = fake_cluster
+    space = {"params": {"quality": {"type": "float", "low": 0, "high": 1}}, "fixed": {"epoch_s": 0.5}}
+    spaces = write_spaces(tmp_path / "spaces", {"scripted": space, "scripted_gpu": space})
+    runs = tmp_path / "runs"
+    done = _search(env, address, config, phantom, spaces, runs, "all", "--family", "scripted,scripted_gpu",
+                   "--cpus-per-trial", "1", "--gpus-per-trial", "1", "--trials", "3", "--max-epochs", "2",
+                   "--reduction-factor", "2")  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "searching 2 families at once: scripted, scripted_gpu" in done.stdout
+    run = RunDir(runs / "all")
+    family_runs = run.read_info().state.family_runs
+    # From the YAML: 1 GPU worker; the CPU family gets the CPUs beside it (2 x 2 CPU workers + 2 - 1).
+    assert (
+        family_runs["scripted_gpu"]["max_concurrent"] == 1 and family_runs["scripted"]["max_concurrent"] == 5
+    )
+    for fam in ("scripted", "scripted_gpu"):
+        records = run.trials(fam)
+        assert len(records) == 3 and all(r.final for r in records), [(r.status, r.error) for r in records]
+    assert sorted(run.read_info().state.finished_families) == ["scripted", "scripted_gpu"]

@@ -79,3 +79,20 @@ def test_infeasible_trial_fails_before_the_run_directory_with_no_traceback(
     assert "tiny_cnn: a trial needs {GPU: 1}" in err and "no node type has GPU" in err
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_caps_of_families_searched_at_once() -> None:
+    # The README's cluster: GPU workers {CPU: 8, GPU: 1} x4, CPU workers {CPU: 16} x2, a CPU: 0 head.
+    cap = from_config_file(CLOUD)
+    sift = TrialNeeds(budget=1, cpus=1.0)
+    caps = cap.concurrent_caps({"sift": sift, "vgg16": _gpu(1.0, cpus=4.0), "densenet161": _gpu(0.5)})
+    # GPU families may each fill the GPUs (their extra trials wait PENDING for the other's to end) ...
+    assert caps["vgg16"] == 4 and caps["densenet161"] == 8
+    # ... and SIFT gets the CPUs no GPU trial needs: the CPU workers, plus 8 - 4 per GPU node (vgg16 takes
+    # 4 CPUs beside its one GPU, more than densenet161's two 0.5-GPU trials with 1 CPU each).
+    assert caps["sift"] == 2 * 16 + 4 * (8 - 4)
+    # Alone (no GPU family beside it), SIFT may use every CPU.
+    assert cap.concurrent_caps({"sift": sift}) == {"sift": 4 * 8 + 2 * 16}
+    # Ray Train families share the cluster: 2-worker 1-GPU trials, 2 fit at once, one each.
+    two = cap.concurrent_caps({"a": _gpu(1.0, workers=2), "b": _gpu(1.0, workers=2)})
+    assert two == {"a": 1, "b": 1}

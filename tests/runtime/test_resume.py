@@ -145,9 +145,9 @@ def test_resume_refuses_changed_manifest_or_splits(phantom, tmp_path) -> None:
 def test_restored_experiment_runs_at_this_sessions_concurrency(ray_2_cpus, phantom, tmp_path) -> None:
     from ray import tune
 
+    from dvt_search.families.base import TrialNeeds
     from dvt_search.runtime.driver import SearchOptions, run_search
-    from dvt_search.runtime.trainable import run_trial
-    from dvt_search.runtime.tuning import restored_limiter, set_concurrency
+    from dvt_search.runtime.tuning import family_trainable, restored_limiter, set_concurrency
 
     spaces = write_spaces(tmp_path / "spaces", {"scripted": {"fixed": {"epoch_s": 0.0}}})
     opts = SearchOptions(
@@ -159,7 +159,8 @@ def test_restored_experiment_runs_at_this_sessions_concurrency(ray_2_cpus, phant
     run = RunDir(tmp_path / "runs" / "c")
     assert run.read_info().state.family_runs["scripted"]["max_concurrent"] == 1
     # What --resume does: Tuner.restore brings back the first run's pickled limiter ...
-    tuner = tune.Tuner.restore(str(run.tune_dir("scripted")), trainable=run_trial)
+    trainable = family_trainable("scripted", TrialNeeds(budget=1))
+    tuner = tune.Tuner.restore(str(run.tune_dir("scripted")), trainable=trainable)
     assert restored_limiter(tuner).max_concurrent == 1
     # ... and the session's value replaces it on the very object Tuner.fit() hands to Tune.
     set_concurrency(tuner, 3)

@@ -11,6 +11,8 @@
   ``oom_after_epochs`` epochs (0: in its first step).
 * ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
   ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
+* ``scripted_gpu`` (and ``scripted_gpu_b``, a second one): ``scripted`` whose trials reserve ``--gpus-per-trial`` GPUs (no GPU is touched: the
+  GPUs of a simulated cluster are fake resources).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from dvt_search.families import register
-from dvt_search.families.base import DataSpec, EpochReport, Family, FitData, Model, read_meta
+from dvt_search.families.base import DataSpec, EpochReport, Family, FitData, Model, TrialNeeds, read_meta
 from dvt_search.families.torch_family import COMMON_DEFAULTS, TorchFamily, TorchModel
 
 
@@ -237,3 +239,47 @@ class Scripted(Family):
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ScriptedModel:
         return ScriptedModel.load(directory)
+
+
+class ScriptedGpuModel(ScriptedModel):
+    family: ClassVar[str] = "scripted_gpu"
+
+
+@register
+class ScriptedGpu(Scripted):
+    """``scripted`` whose trials reserve ``--gpus-per-trial`` GPUs (fake GPUs on a simulated cluster)."""
+
+    name: ClassVar[str] = "scripted_gpu"
+
+    @classmethod
+    def trial_needs(
+        cls, *, max_epochs: int, cpus: float, gpus: float, train_workers: int, trainer: str
+    ) -> TrialNeeds:
+        return TrialNeeds(budget=int(max_epochs), cpus=float(cpus), gpus=float(gpus))
+
+    @classmethod
+    def build(cls, params: Mapping[str, Any], spec: DataSpec) -> ScriptedGpuModel:
+        return ScriptedGpuModel(cls.resolve_params(params), spec)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScriptedGpuModel:
+        return ScriptedGpuModel.load(directory)
+
+
+class ScriptedGpuBModel(ScriptedModel):
+    family: ClassVar[str] = "scripted_gpu_b"
+
+
+@register
+class ScriptedGpuB(ScriptedGpu):
+    """A second GPU family like ``scripted_gpu`` (several GPU families searched at once)."""
+
+    name: ClassVar[str] = "scripted_gpu_b"
+
+    @classmethod
+    def build(cls, params: Mapping[str, Any], spec: DataSpec) -> ScriptedGpuBModel:
+        return ScriptedGpuBModel(cls.resolve_params(params), spec)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> ScriptedGpuBModel:
+        return ScriptedGpuBModel.load(directory)

@@ -1,0 +1,148 @@
+"""Every family's study at once: overlapping trials, exactly N trials each, all marked finished, resume.
+
+Overlap is proven from the trials' start/end times in their records (``started_at`` / ``ended_at``), not
+from timing thresholds: with one trial at a time per family on 2 CPUs, a concurrent search must have a
+trial of one family running while a trial of the other runs; a sequential one never does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from dvt_testkit_runtime import PLUGIN, write_spaces
+
+from dvt_search.rundir.layout import RunDir
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SPACE = {"params": {"quality": {"type": "float", "low": 0.0, "high": 1.0}}, "fixed": {"epoch_s": 0.4}}
+
+
+def _overlaps(run: RunDir, a: str, b: str) -> int:
+    """Pairs of trials (one of ``a``, one of ``b``) whose [started_at, ended_at] intervals intersect."""
+    spans = {f: [(r.started_at, r.ended_at) for r in run.trials(f)] for f in (a, b)}
+    for f, s in spans.items():
+        assert all(start is not None and end is not None and start <= end for start, end in s), (f, s)
+    return sum(1 for s0, e0 in spans[a] for s1, e1 in spans[b] if s0 < e1 and s1 < e0)
+
+
+def _study_sizes(run: RunDir) -> dict[str, int]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
+    return {s.study_name: len(optuna.load_study(study_name=s.study_name, storage=storage).trials)
+            for s in optuna.get_all_study_summaries(storage)}  # fmt: skip
+
+
+def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> None:
+    from dvt_search.runtime.driver import SearchOptions, run_search
+
+    spaces = write_spaces(
+        tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": {"fixed": {"schedule": "none"}}}
+    )
+    common = dict(
+        manifest=phantom, storage=tmp_path / "runs", trials=2, max_epochs=2, size=32, space_dir=spaces,
+        plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9, include_dashboard=False,
+    )  # fmt: skip
+    run_search(SearchOptions(name="together", families=["scripted,tiny_cnn"], **common))
+    out = capsys.readouterr().out
+    run = RunDir(tmp_path / "runs" / "together")
+    for fam in ("scripted", "tiny_cnn"):
+        records = run.trials(fam)
+        assert len(records) == 2 and all(r.final for r in records), [(r.status, r.error) for r in records]
+    assert sorted(run.read_info().state.finished_families) == ["scripted", "tiny_cnn"]
+    assert _study_sizes(run) == {"scripted": 2, "tiny_cnn": 2}
+    assert _overlaps(run, "scripted", "tiny_cnn") > 0
+    assert "searching 2 families at once: scripted, tiny_cnn" in out
+    # the driver's one line over both families (from the records), not per-family lines from the actors
+    final = [ln for ln in out.splitlines() if ln.startswith("[scripted 2/2 done")]
+    assert final and "| tiny_cnn 2/2 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
+
+    # The same search with --families-sequential: never two families' trials at once.
+    run_search(
+        SearchOptions(name="in-turn", families=["scripted,tiny_cnn"], families_sequential=True, **common)
+    )
+    seq = RunDir(tmp_path / "runs" / "in-turn")
+    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [2, 2]
+    assert _overlaps(seq, "scripted", "tiny_cnn") == 0
+
+
+def _cmd(phantom, spaces, runs, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dvt_search.cli", "search", "--data", str(phantom),
+            "--family", "scripted,scripted_gpu", "--size", "32", "--storage", str(runs), "--name", "kill",
+            "--space-dir", str(spaces), "--plugin", PLUGIN, "--no-dashboard", "--reduction-factor", "2",
+            "--progress-every", "1000", *extra]  # fmt: skip
+
+
+@pytest.fixture
+def no_ray_here() -> None:
+    import ray
+
+    ray.shutdown()  # the driver subprocesses start their own Ray; keep the 2 cores for them
+
+
+def test_interrupted_concurrent_driver_resumes_every_family(no_ray_here, phantom, tmp_path) -> None:
+    trials = 3
+    spaces = write_spaces(tmp_path / "spaces", {"scripted": SPACE, "scripted_gpu": SPACE})
+    runs = tmp_path / "runs"
+    run = RunDir(runs / "kill")
+    first = subprocess.Popen(
+        _cmd(phantom, spaces, runs, "--trials", str(trials), "--max-epochs", "2", "--max-concurrent", "1"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1000"},  # only the stop signal's snapshot is fresh
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            ended = {f: sum(r.final for r in run.trials(f)) for f in ("scripted", "scripted_gpu")}
+            if run.path.is_dir() and min(ended.values()) >= 1:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, "the first driver ended early:\n" + "".join(first.communicate())
+        first.send_signal(signal.SIGINT)  # Ctrl-C to the driver alone: it stops every family's Tune run
+        out, err = first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert first.returncode == 1, out[-2000:] + err[-3000:]
+    assert "interrupted; continue the run with --resume --name kill" in err, err[-3000:]
+    # no traceback from the driver itself (Ray may forward one from a trial process it ends at shutdown)
+    own = [ln for ln in err.splitlines() if "pid=" not in ln]
+    assert not any("Traceback" in ln for ln in own), err[-3000:]
+    assert "Stop signal received" in err  # each family's Tune run saved its state (Tune's own stop path)
+    assert run.read_info().state.finished_families == []
+
+    second = subprocess.run(_cmd(phantom, spaces, runs, "--resume"), capture_output=True, text=True,
+                            timeout=600, start_new_session=True)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "searching 2 families at once" in second.stdout
+    for fam in ("scripted", "scripted_gpu"):
+        records = run.trials(fam)
+        assert len(records) == trials and all(r.final for r in records), [
+            (r.status, r.error) for r in records
+        ]
+        assert sorted(r.optuna_number for r in records) == list(range(trials))
+    assert sorted(run.read_info().state.finished_families) == ["scripted", "scripted_gpu"]
+    assert _study_sizes(run) == {"scripted": trials, "scripted_gpu": trials}
+
+
+def test_each_family_keeps_its_own_trial_resources_in_the_jobs_registry(ray_2_cpus) -> None:
+    """Tune's trainable registry is one per Ray job, read back by every process: families searched at once
+    must register under their own names, or one family's trials get another's resources."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.registry import get_trainable_cls
+
+    from dvt_search.families.base import TrialNeeds
+    from dvt_search.runtime.tuning import family_trainable
+
+    cpu = family_trainable("sift", TrialNeeds(budget=1, cpus=1.0))
+    gpu = family_trainable("vgg16", TrialNeeds(budget=3, cpus=1.0, gpus=0.5))
+    names = [Experiment.register_if_needed(t) for t in (cpu, gpu)]  # what Tuner.fit does with each
+    assert names == ["run_trial_sift", "run_trial_vgg16"]
+    bundles = [get_trainable_cls(n).default_resource_request({}).bundles for n in names]
+    assert bundles == [[{"CPU": 1.0}], [{"CPU": 1.0, "GPU": 0.5}]]
