@@ -143,9 +143,11 @@ def note_family(rd: RunDir, fam: str, needs: TrialNeeds, max_concurrent: int, sc
 
 
 def mark_finished(rd: RunDir, fam: str) -> None:
+    """Record ``fam`` as finished; the list keeps the run's family order, whatever order they finished in."""
     info = rd.read_info()
-    if fam not in info.state.finished_families:
-        info.state.finished_families.append(fam)
+    done = set(info.state.finished_families) | {fam}
+    order = list(info.config.families)
+    info.state.finished_families = [f for f in order if f in done] + sorted(done - set(order))
     rd.write_info(info)
 
 
