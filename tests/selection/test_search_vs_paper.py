@@ -33,10 +33,12 @@ def _train_paper_trial(run: RunDir, manifest: Path, cache: Path) -> None:
     params = {"batch_size": 8, "seed": 3, "head": "gap", "batch_norm": True, "lr": 1e-7, "weight_decay": 0.0}
     model = get("vgg16").build(params, spec_for(small))
     model.fit(FitData(small, ds["val"], cache_dir=cache), 1)
-    for r in model.history:
-        run.append_epoch("vgg16", "vgg1_p", {"epoch": r.epoch, **r.metrics})
+    # A 1e-7-lr network's validation AUC is a coin flip around 0.5 and can beat the tiny run's searched
+    # trials; its recorded validation AUC is set below theirs so that the winner is a searched trial and
+    # the comparison path runs (the test-set comparison below uses the checkpoint's real predictions).
+    m = {**model.history[-1].metrics, "val_auc": 0.05}
+    run.append_epoch("vgg16", "vgg1_p", {"epoch": 1, **m})
     model.save(run.checkpoint_dir("vgg16", "vgg1_p"))
-    m = model.history[-1].metrics
     rec = TrialRecord(
         "vgg1_p",
         "vgg16",
