@@ -68,6 +68,9 @@ def quiet_libraries() -> Iterator[None]:
     with (
         _env(TUNE_OUTPUT_ENV, "0"),
         _logger_level("optuna", logging.WARNING),
+        # Tune's INFO lines ("Wrote the latest version of all result files ..."): a Ray actor (families
+        # searched at once, .concurrent) logs INFO where the driver's default is WARNING
+        _logger_level("ray.tune", logging.WARNING),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", ExperimentalWarning)

@@ -64,3 +64,32 @@ def test_search_terminal_shows_only_the_projects_lines(phantom, tmp_path) -> Non
     for rec in trials:
         for epoch in (1, 2):
             assert f"[scripted] trial {rec.trial_id} epoch {epoch}/2: val_auc" in out + err, out + err
+
+
+def test_tune_info_lines_are_held_back_where_ray_logs_info() -> None:
+    """In a Ray actor the ``ray.tune`` logger is at INFO (a family's Tune run when families run at once):
+    its "Wrote the latest version of all result files" lines must not reach the job's terminal, while
+    warnings still do and the level comes back afterwards. Fails if quiet_libraries leaves ray.tune alone."""
+    import logging
+
+    from dvt_search.runtime.console import quiet_libraries
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    parent, child = logging.getLogger("ray.tune"), logging.getLogger("ray.tune.tune")
+    handler, before = Keep(), parent.level
+    parent.addHandler(handler)
+    parent.setLevel(logging.INFO)
+    try:
+        with quiet_libraries():
+            child.info("Wrote the latest version of all result files")
+            child.warning("a trial failed")
+        child.info("after")
+    finally:
+        parent.removeHandler(handler)
+        parent.setLevel(before)
+    assert seen == ["a trial failed", "after"]
