@@ -23,6 +23,11 @@ trials x 2 epochs per family, one run, side by side):
     concurrent   164.9 s   19.0 %
     sequential   218.3 s   48.9 %     -> 1.32x shorter concurrent
 
+Same command on an idle machine (2 cores, nothing else running):
+
+    concurrent    98.5 s   19.5 %
+    sequential   166.2 s   50.1 %     -> 1.69x shorter concurrent
+
 With the defaults (``--cpu-epoch-s 6 --gpu-epoch-s 3``) the host is the bottleneck: each trial's fixed
 cost (a new process, imports) is CPU work on the 2 real cores behind the simulated 8, and starting many
 trials at once stretches every one of them (trial spans 50-78 s concurrent vs 25-47 s sequential); that
