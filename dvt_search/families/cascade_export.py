@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 TORCHSCRIPT_FILE = "model.ts"
 ONNX_FILE = "model.onnx"
-ONNX_OPSET = 17
 #: a stage-1 pixel counts as vein at this probability (:meth:`CascadeScorer.vein_fractions`)
 VEIN_PROBABILITY = 0.5
 
@@ -64,38 +63,9 @@ def export_torchscript(model: VeinCascadeModel, path: Path) -> dict[str, Any]:
 
 def export_onnx(model: VeinCascadeModel, path: Path) -> dict[str, Any]:
     """ONNX export with a dynamic batch axis; ``{"ok": False, "error": ...}`` instead of raising."""
-    import onnx
+    from .torch_export import onnx_export
 
-    wrapper = CascadeProbability(model.module).eval().cpu()
-    errors = []
-    for name, kwargs in (("torchscript-based", {"dynamo": False}), ("dynamo", {"dynamo": True})):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    wrapper,
-                    (_example(model, 2),),
-                    str(path),
-                    input_names=["image"],
-                    output_names=["probability"],
-                    dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                    **kwargs,
-                )
-            onnx.checker.check_model(str(path))
-            return {
-                "ok": True,
-                "exporter": name,
-                "opset": ONNX_OPSET,
-                "input": "image",
-                "output": "probability",
-            }
-        except Exception as exc:  # any exporter failure is reported, not fatal
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
-            path.unlink(missing_ok=True)
-            for extra in path.parent.glob(f"{path.name}*.data"):
-                extra.unlink()
-    return {"ok": False, "error": "; ".join(errors)}
+    return onnx_export(CascadeProbability(model.module).eval().cpu(), _example(model, 2), path)
 
 
 def export_artefacts(model: VeinCascadeModel, directory: Path) -> dict[str, Any]:

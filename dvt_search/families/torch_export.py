@@ -81,9 +81,14 @@ def export_torchscript(model: TorchModel, path: Path) -> dict[str, Any]:
 
 def export_onnx(model: TorchModel, path: Path) -> dict[str, Any]:
     """ONNX export with a dynamic batch axis; returns ``{"ok": False, "error": ...}`` instead of raising."""
+    return onnx_export(SliceProbability(model).eval().cpu(), _example(model, 2), path)
+
+
+def onnx_export(wrapper: torch.nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
+    """``wrapper`` (image -> probability) to ONNX with a dynamic batch axis, the TorchScript-based exporter
+    first, then dynamo; the ``export.json`` entry, ``{"ok": False, "error": ...}`` instead of raising."""
     import onnx
 
-    wrapper = SliceProbability(model).eval().cpu()
     attempts = (("torchscript-based", {"dynamo": False}), ("dynamo", {"dynamo": True}))
     errors = []
     for name, kwargs in attempts:
@@ -92,7 +97,7 @@ def export_onnx(model: TorchModel, path: Path) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     wrapper,
-                    (_example(model, 2),),
+                    (example,),
                     str(path),
                     input_names=["image"],
                     output_names=["probability"],
