@@ -43,7 +43,7 @@ from dvt_search.data.phantom import generate  # noqa: E402
 from dvt_search.data.schema import read_manifest  # noqa: E402
 from dvt_search.data.splits import make_splits  # noqa: E402
 from dvt_search.families.base import FitData  # noqa: E402
-from dvt_search.stats.clustered import clustered_auc_ci  # noqa: E402
+from dvt_search.stats.clustered import clustered_auc_ci, clustered_test  # noqa: E402
 
 CNN = ("vgg16", "densenet161", "multitask_unet", "patch_resnet50")
 #: Knobs that keep a CPU run affordable (the same for k = 0 and k = 2).
@@ -64,7 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--context", default="0,2", help="context_slices values to compare (default 0,2)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per configuration (default 2)")
-    p.add_argument("--cpu-budget-s", type=float, default=600.0, help="training seconds per configuration")
+    p.add_argument(
+        "--cpu-budget-s",
+        type=float,
+        default=600.0,
+        help="training CPU seconds per configuration (process CPU time, all threads; robust to other load)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=0,
+        help="whole-slice families' own input_size (0 = the store's --size); the cascade crops at --size",
+    )
+    p.add_argument("--crop-size", type=int, default=0, help="the cascade's crop_size (0 = its default)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the CPU budget's cores)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -96,27 +108,84 @@ def run_one(
             params[key] = value
     if k is not None:
         params["context_slices"] = k
+    if args.input_size and name in CNN and "input_size" in defaults:
+        params["input_size"] = args.input_size
+    if args.crop_size and "crop_size" in defaults:
+        params["crop_size"] = args.crop_size
     spec = spec_at_input(fam.model_spec(params, spec_for(train, seed=args.seed)), train, seed=args.seed)
     model = fam.build(params, spec)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
 
     def budget(report: Any, _model: Any) -> bool:
-        return time.perf_counter() - start > args.cpu_budget_s
+        return time.process_time() - cpu0 > args.cpu_budget_s
 
     kwargs = fam.fit_options(device=args.device, cpus=args.threads, use_cache=False)
     model.fit(FitData(train=train, val=data["val"]), args.epochs, callback=budget, **kwargs)
-    train_s = time.perf_counter() - start
     row: dict[str, Any] = {
         "family": name,
         "context_slices": "own" if k is None else k,
+        "params": {key: params[key] for key in sorted(params)},
         "epochs": model.epochs_done,
-        "train_s": round(train_s, 1),
+        "train_s": round(time.perf_counter() - start, 1),
+        "train_cpu_s": round(time.process_time() - cpu0, 1),
     }
     for part in ("val", "test"):
         ds = data[part]
         scores = np.asarray(model.predict(ds), np.float64)
         row[part] = interval(ds.labels, scores, ds.patient_ids)
+        row[f"{part}_scores"] = scores.tolist()
     return row
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], test: SliceDataset) -> dict[str, Any]:
+    """Clustered (by patient) paired test of test AUC(a) - AUC(b) on the same test slices."""
+    t = clustered_test(test.labels, a["test_scores"], b["test_scores"], test.patient_ids)
+    return {
+        "a": f"{a['family']} k={a['context_slices']}",
+        "b": f"{b['family']} k={b['context_slices']}",
+        "diff": t.diff.estimate,
+        "low": t.diff.low,
+        "high": t.diff.high,
+        "p": t.p,
+    }
+
+
+def comparisons(rows: list[dict[str, Any]], test: SliceDataset) -> list[dict[str, Any]]:
+    """Each CNN family's largest context vs its k = 0, and the cascade vs the best whole-slice configuration.
+
+    The best whole-slice configuration is chosen on validation AUC (never on test). p values are two-sided;
+    ``p_holm`` adjusts them over the comparisons listed here (Holm).
+    """
+    out: list[dict[str, Any]] = []
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_family.setdefault(r["family"], []).append(r)
+    for name in CNN:
+        ks = [r for r in by_family.get(name, []) if isinstance(r["context_slices"], int)]
+        if len(ks) >= 2:
+            lo = min(ks, key=lambda r: r["context_slices"])
+            hi = max(ks, key=lambda r: r["context_slices"])
+            out.append(
+                {
+                    "what": f"{name}: context {hi['context_slices']} vs {lo['context_slices']}",
+                    **paired(hi, lo, test),
+                }
+            )
+    whole = [r for name in CNN for r in by_family.get(name, []) if np.isfinite(r["val"]["auc"])]
+    cascade = [r for r in by_family.get("vein_cascade", []) if np.isfinite(r["val"]["auc"])]
+    if whole and cascade:
+        best = max(whole, key=lambda r: r["val"]["auc"])
+        casc = max(cascade, key=lambda r: r["val"]["auc"])
+        out.append(
+            {"what": "vein_cascade (best val) vs the best whole-slice (val)", **paired(casc, best, test)}
+        )
+    ps = [c["p"] if np.isfinite(c["p"]) else 1.0 for c in out]
+    order = np.argsort(ps)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i]["p_holm"] = running
+    return out
 
 
 def fmt(r: dict[str, Any], part: str) -> str:
@@ -159,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             f"test patients {len(set(data['test'].patient_ids))}"
         )
         print(
-            f"budget per configuration: {args.epochs} epoch(s), at most {args.cpu_budget_s:.0f} s of training "
-            f"on {args.threads} CPU thread(s) (device {args.device}); same knobs and seed for every k"
+            f"budget per configuration: {args.epochs} epoch(s), training stops after the epoch in which "
+            f"{args.cpu_budget_s:.0f} CPU-s were spent ({args.threads} torch thread(s), device {args.device}); "
+            f"whole-slice input {args.input_size or args.size}^2, cascade crops at {args.size}^2 "
+            f"(crop_size {args.crop_size or 'default'}); same knobs and seed for every k"
         )
         rows = []
         for name in names:
@@ -174,16 +245,31 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_one(name, k, data, train, args))
                 r = rows[-1]
                 print(
-                    f"{r['family']:<15} k={r['context_slices']!s:<4} epochs {r['epochs']}  {r['train_s']:>7.1f} s  "
+                    f"{r['family']:<15} k={r['context_slices']!s:<4} epochs {r['epochs']}  "
+                    f"{r['train_cpu_s']:>7.1f} CPU-s {r['train_s']:>7.1f} s  "
                     f"val AUC {fmt(r, 'val')} test AUC {fmt(r, 'test')}",
                     flush=True,
                 )
-    if args.out is not None:
-        doc = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, default=float))
-        print(f"wrote {args.out}")
+                write(args, rows, [])
+        comps = comparisons(rows, data["test"])
+        for c in comps:
+            print(
+                f"{c['what']}: test AUC difference {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
+                f"p {c['p']:.3g} (Holm {c['p_holm']:.3g})"
+            )
+        write(args, rows, comps)
     return 0
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], comps: list[dict[str, Any]]) -> None:
+    """The results so far as JSON (rewritten after every configuration, so a stopped run keeps its rows)."""
+    if args.out is None:
+        return
+    doc = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "comparisons": comps}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=float))
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":
