@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the configurations --out already holds from a run with the same data/budget arguments",
+    )
     return p.parse_args(argv)
 
 
@@ -233,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             f"whole-slice input {args.input_size or args.size}^2, cascade crops at {args.size}^2 "
             f"(crop_size {args.crop_size or 'default'}); same knobs and seed for every k"
         )
-        rows = []
+        rows = done_rows(args)
+        done = {(r["family"], r["context_slices"]) for r in rows}
+        if rows:
+            print(f"resumed {len(rows)} configuration(s) from {args.out}")
         for name in names:
             if name not in families.names():
                 print(f"{name}: not registered, skipped")
@@ -242,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 list(contexts) if "context_slices" in families.get(name).default_params() else [None]
             )
             for k in ks:
+                if (name, "own" if k is None else k) in done:
+                    continue
                 rows.append(run_one(name, k, data, train, args))
                 r = rows[-1]
                 print(
@@ -259,6 +269,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         write(args, rows, comps)
     return 0
+
+
+#: Arguments that must match for ``--resume`` to reuse a row (the data, the budget, the knobs).
+SAME = (
+    "size", "patients", "slices_per_scan", "preset", "data", "epochs", "cpu_budget_s", "threads",
+    "batch_size", "lr", "train_rows", "device", "seed", "input_size", "crop_size",
+)  # fmt: skip
+
+
+def done_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of an earlier run in ``--out`` (with ``--resume``), refused when its arguments differ."""
+    if not args.resume or args.out is None or not args.out.exists():
+        return []
+    doc = json.loads(args.out.read_text())
+    now = {k: str(v) for k, v in vars(args).items()}
+    differ = [k for k in SAME if doc["args"].get(k) != now[k]]
+    if differ:
+        raise SystemExit(f"--resume: {args.out} was written with other {', '.join(differ)}; not mixing them")
+    return list(doc["rows"])
 
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], comps: list[dict[str, Any]]) -> None:
