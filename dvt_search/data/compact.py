@@ -128,6 +128,8 @@ class CompactSlices(Dataset):
 
     #: ``set_epoch`` reaches persistent DataLoader workers (the epoch is in shared memory)
     epoch_is_shared = True
+    #: loaders send whole batches through a shared-memory ring (:mod:`.ring`; every item has one shape)
+    batches_in_ring = True
 
     def __init__(
         self, base: SliceDataset, *, with_mask: bool, patches: bool = False, pack: bool | None = None

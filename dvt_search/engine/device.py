@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from ..data.ring import RingLoader
+
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/``None`` picks CUDA when available, else CPU; asking for absent CUDA raises."""
@@ -53,9 +55,16 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent: bool = False,
-) -> DataLoader:
+    ring: bool = True,
+) -> DataLoader | RingLoader:
     """A deterministic DataLoader: the shuffled order comes from ``generator`` only, the same with or
     without (persistent) workers.
+
+    A dataset that says ``batches_in_ring`` (the compact training view, :mod:`dvt_search.data.compact`)
+    gets a :class:`~dvt_search.data.ring.RingLoader` (``ring=True``): its workers write whole batches
+    into a shared-memory ring, pinned on CUDA, so the trial's process does almost nothing per batch; the
+    batches and their order are the ones the DataLoader gives. ``ring=False`` keeps the DataLoader (Ray
+    Train's ``prepare_data_loader`` rebuilds a DataLoader from its fields).
 
     With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
     allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they
@@ -64,6 +73,17 @@ def make_loader(
     A dataset may dictate ``num_workers`` / ``pin_memory`` / ``collate_fn`` through a ``loader_settings``
     mapping (a resident dataset, :mod:`dvt_search.data.resident`, serves whole batches in this process).
     """
+    if ring and getattr(dataset, "batches_in_ring", False) and len(dataset) > 0:  # type: ignore[arg-type]
+        return RingLoader(
+            dataset,
+            batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent=persistent and shares_epoch(dataset),
+            worker_init_fn=_worker_init,
+        )
     settings = dict(getattr(dataset, "loader_settings", None) or {})
     num_workers = int(settings.pop("num_workers", num_workers))
     pin_memory = bool(settings.pop("pin_memory", pin_memory))
