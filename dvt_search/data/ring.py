@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -45,6 +46,24 @@ log = logging.getLogger(__name__)
 VIEW_DIMS = 2
 #: batches each worker prepares ahead (the ``DataLoader`` default)
 PREFETCH = 2
+
+
+#: where POSIX shared memory (``shm_open``, torch's sharing strategy) lives on Linux
+SHM_DIR = "/dev/shm"
+#: the most of the free shared memory one ring may take (the per-item loaders of other trials need some)
+SHM_FRACTION = 0.5
+
+
+class RingUnavailable(RuntimeError):
+    """The ring cannot be made here (e.g. too little shared memory); the caller falls back."""
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes of the shared-memory file system, or ``None`` where there is none to check."""
+    try:
+        return shutil.disk_usage(SHM_DIR).free
+    except OSError:
+        return None
 
 
 def _unregister(pid: int, ptrs: Sequence[int]) -> None:
@@ -63,16 +82,32 @@ class BatchRing:
         batch_size: samples per slot.
         slots: number of batch buffers.
         pin: register the buffers as pinned memory (needs CUDA; else they stay pageable).
+        shared: put the buffers in shared memory (for worker processes; ``False``: ordinary memory).
+
+    Raises:
+        RingUnavailable: the shared-memory file system has not room for the ring (checked first: a full
+            one would kill the process with SIGBUS when the pages are touched).
     """
 
-    def __init__(self, template: Mapping[str, Tensor], batch_size: int, slots: int, *, pin: bool) -> None:
+    def __init__(
+        self, template: Mapping[str, Tensor], batch_size: int, slots: int, *, pin: bool, shared: bool = True
+    ) -> None:
         if batch_size < 1 or slots < 2:
             raise ValueError(f"a batch ring needs batch_size >= 1 and slots >= 2, got {batch_size}, {slots}")
         self.batch_size, self.slots = int(batch_size), int(slots)
+        need = self.slots * self.batch_size * sum(v.numel() * v.element_size() for v in template.values())
+        free = shm_free_bytes() if shared else None
+        if free is not None and need > free * SHM_FRACTION:
+            raise RingUnavailable(
+                f"batch ring: {need / 2**20:.0f} MiB of shared memory needed, {free / 2**20:.0f} MiB free in "
+                f"{SHM_DIR} (a container may need a larger --shm-size)"
+            )
         self.tensors = {
-            k: torch.empty((self.slots, self.batch_size, *v.shape), dtype=v.dtype).share_memory_()
+            k: torch.empty((self.slots, self.batch_size, *v.shape), dtype=v.dtype)
             for k, v in template.items()
         }
+        if shared:
+            self.tensors = {k: t.share_memory_() for k, t in self.tensors.items()}
         self._events: list[Any] = [None] * self.slots
         self.pinned = bool(pin) and torch.cuda.is_available() and self._pin()
 
@@ -187,6 +222,9 @@ class RingLoader:
         pin_memory: register the ring as pinned memory (CUDA only).
         persistent: keep the workers between passes.
         worker_init_fn: run in each worker at start.
+
+    Raises:
+        RingUnavailable: see :class:`BatchRing`.
     """
 
     def __init__(
@@ -209,7 +247,7 @@ class RingLoader:
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)  # type: ignore[arg-type]
         self.batch_sampler = BatchSampler(order, self.batch_size, drop_last=False)
         slots = (PREFETCH * self.num_workers if self.num_workers else 1) + 2
-        self.ring = BatchRing(dataset[0], self.batch_size, slots, pin=pin_memory)
+        self.ring = BatchRing(dataset[0], self.batch_size, slots, pin=pin_memory, shared=self.num_workers > 0)
         self.requests = RingRequests(self.batch_sampler, self.ring)
         self.loader = DataLoader(
             RingFill(dataset, self.ring),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..data.ring import RingLoader
+from ..data.ring import RingLoader, RingUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -64,7 +67,8 @@ def make_loader(
     gets a :class:`~dvt_search.data.ring.RingLoader` (``ring=True``): its workers write whole batches
     into a shared-memory ring, pinned on CUDA, so the trial's process does almost nothing per batch; the
     batches and their order are the ones the DataLoader gives. ``ring=False`` keeps the DataLoader (Ray
-    Train's ``prepare_data_loader`` rebuilds a DataLoader from its fields).
+    Train's ``prepare_data_loader`` rebuilds a DataLoader from its fields), and so does too little shared
+    memory for the ring (said in a warning).
 
     With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
     allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they
@@ -74,16 +78,19 @@ def make_loader(
     mapping (a resident dataset, :mod:`dvt_search.data.resident`, serves whole batches in this process).
     """
     if ring and getattr(dataset, "batches_in_ring", False) and len(dataset) > 0:  # type: ignore[arg-type]
-        return RingLoader(
-            dataset,
-            batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent=persistent and shares_epoch(dataset),
-            worker_init_fn=_worker_init,
-        )
+        try:
+            return RingLoader(
+                dataset,
+                batch_size,
+                shuffle=shuffle,
+                generator=generator,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                persistent=persistent and shares_epoch(dataset),
+                worker_init_fn=_worker_init,
+            )
+        except RingUnavailable as exc:
+            log.warning("%s: per-item batches instead", exc)
     settings = dict(getattr(dataset, "loader_settings", None) or {})
     num_workers = int(settings.pop("num_workers", num_workers))
     pin_memory = bool(settings.pop("pin_memory", pin_memory))

@@ -77,7 +77,7 @@ def test_ring_batches_equal_the_dataloader_batches(view: CompactSlices, workers:
 
 
 def test_small_tensors_are_copies_and_pixels_are_views(view: CompactSlices) -> None:
-    loader = make_loader(view, 4, shuffle=False, num_workers=0)
+    loader = make_loader(view, 4, shuffle=False, num_workers=1)
     first = next(iter(loader))
     ring = loader.ring
     pixels = ring.tensors["packed"]
@@ -110,3 +110,17 @@ def test_pinned_ring_feeds_the_gpu(view: CompactSlices) -> None:
         for b, e in zip(loader, plain, strict=True):
             dev = {k: v.to("cuda", non_blocking=True) for k, v in b.items()}
             assert all(torch.equal(dev[k].cpu(), e[k]) for k in e)
+
+
+def test_too_little_shared_memory_falls_back_to_the_dataloader(
+    view: CompactSlices, monkeypatch, caplog
+) -> None:
+    import dvt_search.data.ring as ring_mod
+
+    monkeypatch.setattr(ring_mod, "shm_free_bytes", lambda: 1024)
+    with caplog.at_level("WARNING"):
+        loader = make_loader(view, 4, shuffle=False, num_workers=1)
+    assert isinstance(loader, DataLoader) and "shared memory needed" in caplog.text
+    assert sorted(next(iter(loader))) == sorted(view[0])
+    # without workers the ring lives in ordinary memory: no shared memory is needed
+    assert isinstance(make_loader(view, 4, shuffle=False, num_workers=0), RingLoader)
