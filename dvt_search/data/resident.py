@@ -17,9 +17,10 @@ Where the tensors live (``where``):
 
 It is optional and sized: :func:`plan_resident` takes the training and validation views and a budget in
 bytes and makes resident what fits (training first, then validation), saying in one line what it did and
-why. Memory taken: ``slices x item_bytes`` (:func:`item_bytes`: 2 bytes per pixel for HU, 1 more with a
-mask, a few bytes of label/index): the paper's 29k femoral slices at 512^2 take 14.2 GiB as int16 HU alone,
-21.2 GiB with masks; 5.3 GiB at 256^2 and 0.33 GiB at 64^2 with masks.
+why. Memory taken: ``slices x item_bytes`` (:func:`item_bytes`: 2 bytes per pixel, HU and mask packed in one
+word by :mod:`.compact`, 3 where the windows do not allow packing, and a few bytes of label/index): the
+paper's 29k femoral slices at 512^2 take 14.2 GiB with or without masks; 3.5 GiB at 256^2 and 0.22 GiB at
+64^2.
 
 Resident data is read in the trial's own process: loader workers would each need a copy, so the loader
 of a resident view runs in the main process (:attr:`ResidentSlices.loader_settings`).
