@@ -209,7 +209,9 @@ def feed_rows(df: pd.DataFrame, root: Path, batches: int, batch: int) -> list[st
         item_b = item_bytes(item_view[0])
         view = CompactSlices(ds, with_mask=mask, patches=patches)
         gen = torch.Generator().manual_seed(0)
-        ring = make_loader(view, batch, shuffle=True, generator=gen, num_workers=2, persistent=True)
+        ring = make_loader(
+            view, batch, shuffle=True, generator=gen, num_workers=2, persistent=True, ring=True
+        )
         now_ms = main_process_ms(ring, batches, pin_copy=False)
         now_b = item_bytes(view[0])
         raw = torch.utils.data.default_collate([view[i] for i in range(batch)])

@@ -58,17 +58,20 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent: bool = False,
-    ring: bool = True,
+    ring: bool = False,
 ) -> DataLoader | RingLoader:
     """A deterministic DataLoader: the shuffled order comes from ``generator`` only, the same with or
     without (persistent) workers.
 
-    A dataset that says ``batches_in_ring`` (the compact training view, :mod:`dvt_search.data.compact`)
-    gets a :class:`~dvt_search.data.ring.RingLoader` (``ring=True``): its workers write whole batches
-    into a shared-memory ring, pinned on CUDA, so the trial's process does almost nothing per batch; the
-    batches and their order are the ones the DataLoader gives. ``ring=False`` keeps the DataLoader (Ray
-    Train's ``prepare_data_loader`` rebuilds a DataLoader from its fields), and so does too little shared
-    memory for the ring (said in a warning).
+    With ``ring``, a dataset that says ``batches_in_ring`` (the compact training view,
+    :mod:`dvt_search.data.compact`) gets a :class:`~dvt_search.data.ring.RingLoader`: its workers write
+    whole batches into a shared-memory ring, pinned on CUDA, so the trial's process does almost nothing per
+    batch; the batches and their order are the ones the DataLoader gives. A ring batch's image tensors
+    are views of a slot that is written again two batches later, so only a consumer that is done with a
+    batch (moved it to the device, transformed it) when it fetches the one after next may ask for it (the
+    training loop; a ``list(loader)`` may not). Without ``ring`` (the default; also Ray Train's
+    ``prepare_data_loader``, which rebuilds a DataLoader from its fields) and with too little shared memory
+    for the ring (said in a warning) it is the DataLoader.
 
     With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
     allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they

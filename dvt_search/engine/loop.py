@@ -204,6 +204,7 @@ def eval_loader(dataset: Dataset, cfg: LoopConfig, device: torch.device, *, pers
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent=persistent,
+        ring=True,  # run_inference is done with a batch before it fetches the next
     )
 
 

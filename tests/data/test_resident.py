@@ -112,4 +112,4 @@ def test_gpu_resident_and_pinned_batches_equal_the_store_batches(store) -> None:
         for e_epoch, g_epoch in zip(expected, got, strict=True):
             for e, g in zip(e_epoch, g_epoch, strict=True):
                 assert all(torch.equal(e[k], g[k].cpu()) for k in e)
-        assert resident.device.type == "cuda" or got[0][0]["hu"].is_pinned()
+        assert resident.device.type == "cuda" or got[0][0]["packed"].is_pinned()

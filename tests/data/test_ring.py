@@ -59,7 +59,9 @@ def test_ring_batches_equal_the_dataloader_batches(view: CompactSlices, workers:
     batch = 4
     assert len(view) % batch != 0  # the last batch is short
     gen_r, gen_d = torch.Generator(), torch.Generator()
-    ring = make_loader(view, batch, shuffle=True, generator=gen_r, num_workers=workers, persistent=True)
+    ring = make_loader(
+        view, batch, shuffle=True, generator=gen_r, num_workers=workers, persistent=True, ring=True
+    )
     assert isinstance(ring, RingLoader) and len(ring) == -(-len(view) // batch)
     plain = DataLoader(view, batch_size=batch, sampler=RandomSampler(view, generator=gen_d), num_workers=0)
     got, expected = (
@@ -77,7 +79,7 @@ def test_ring_batches_equal_the_dataloader_batches(view: CompactSlices, workers:
 
 
 def test_small_tensors_are_copies_and_pixels_are_views(view: CompactSlices) -> None:
-    loader = make_loader(view, 4, shuffle=False, num_workers=1)
+    loader = make_loader(view, 4, shuffle=False, num_workers=1, ring=True)
     first = next(iter(loader))
     ring = loader.ring
     pixels = ring.tensors["packed"]
@@ -97,13 +99,13 @@ def test_ring_checks_its_items() -> None:
 
 
 def test_datasets_without_the_flag_keep_the_dataloader(view: CompactSlices) -> None:
-    assert isinstance(make_loader(view.base, 4, shuffle=False), DataLoader)
-    assert isinstance(make_loader(view, 4, shuffle=False, ring=False), DataLoader)
+    assert isinstance(make_loader(view.base, 4, shuffle=False, ring=True), DataLoader)
+    assert isinstance(make_loader(view, 4, shuffle=False), DataLoader)  # holding batches stays safe
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pinned_ring_feeds_the_gpu(view: CompactSlices) -> None:
-    loader = make_loader(view, 3, shuffle=False, num_workers=1, pin_memory=True, persistent=True)
+    loader = make_loader(view, 3, shuffle=False, num_workers=1, pin_memory=True, persistent=True, ring=True)
     assert loader.ring.pinned and loader.ring.tensors["packed"].is_pinned()
     plain = DataLoader(view, batch_size=3, num_workers=0)
     for _ in range(2):
@@ -119,8 +121,8 @@ def test_too_little_shared_memory_falls_back_to_the_dataloader(
 
     monkeypatch.setattr(ring_mod, "shm_free_bytes", lambda: 1024)
     with caplog.at_level("WARNING"):
-        loader = make_loader(view, 4, shuffle=False, num_workers=1)
+        loader = make_loader(view, 4, shuffle=False, num_workers=1, ring=True)
     assert isinstance(loader, DataLoader) and "shared memory needed" in caplog.text
     assert sorted(next(iter(loader))) == sorted(view[0])
     # without workers the ring lives in ordinary memory: no shared memory is needed
-    assert isinstance(make_loader(view, 4, shuffle=False, num_workers=0), RingLoader)
+    assert isinstance(make_loader(view, 4, shuffle=False, num_workers=0, ring=True), RingLoader)
