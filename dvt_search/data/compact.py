@@ -64,7 +64,8 @@ INT16_MIN, INT16_MAX = -32768, 32767
 #: HU range of the packed word (DICOM's 12-bit CT range); bits 0-11 hold ``HU - PACK_HU_RANGE[0]``.
 PACK_HU_RANGE = (-1024, 3071)
 #: the mask bit of the packed word
-MASK_BIT = 1 << 12
+MASK_SHIFT = 12
+MASK_BIT = 1 << MASK_SHIFT
 
 
 def to_int16_hu(hu: np.ndarray) -> np.ndarray:
@@ -108,9 +109,10 @@ def pack(hu: np.ndarray, mask: np.ndarray | None, centre: int) -> np.ndarray:
     """``int16[D, H, W]`` packed word of an int16 HU stack ``[D, H, W]`` and the centre slice's 0/1 mask
     (``[H, W]`` or ``[1, H, W]``; ``None``: no mask bit)."""
     lo, hi = PACK_HU_RANGE
-    out = (np.clip(hu, lo, hi).astype(np.int32) - lo).astype(np.int16)
+    out = np.clip(hu, lo, hi).astype(np.int16, copy=False)  # a new array: shifted in place, in int16
+    out -= np.int16(lo)
     if mask is not None:
-        bit = (np.asarray(mask) > 0).astype(np.int16).reshape(out.shape[1:]) * np.int16(MASK_BIT)
+        bit = (np.asarray(mask) > 0).reshape(out.shape[1:]).view(np.uint8).astype(np.int16) << MASK_SHIFT
         out[centre] |= bit
     return out
 
