@@ -22,9 +22,11 @@ Rows of the table:
   (it is registered as pinned memory on CUDA, so the copy to the GPU is a DMA out of the slot). The
   device transform's own cost on CPU tensors is printed beside it (on a GPU it runs as kernels).
 
-Measured (2 cores shared with other jobs, load ~9; ``--feed-only --scans 2``): bytes/sample 2,098,188
-(f32) -> 524,380 for every family (4.00x; the mask families' per-item compact items were 786,524, 2.67x);
-main-process CPU ms/batch f32 94 -> item 14-31 -> now 0.5-1.0 (every family <= 5 ms).
+Measured in one run (2 cores shared with other jobs, load ~7; ``--scans 2 --items 64``): bytes/sample
+2,098,188 (f32) -> 524,380 for every family (4.00x; the mask families' per-item compact items were
+786,524, 2.67x); main-process CPU ms/batch f32 95.3 -> item 13.9-23.4 -> now 0.51-1.03 (every family
+<= 5 ms; vgg16 0.82, densenet161 0.72, multitask_unet 0.51, patch_resnet50 1.03). Loader items/s per core
+(mask shipped, reference item -> compact item) 306 -> 2,011 at 512^2 with one window, augmented.
 
 Volumes are synthetic CT-like thigh sections written to a temp dir (so the page cache is warm: this
 measures CPU cost, not disk). ``torch`` and OpenCV are pinned to one thread; items/s per core comes from
