@@ -4,8 +4,9 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
 
 (1) synthetic: img/s of ``train_step`` on ONE batch that already lives on the device (the network's own
     speed: no loader, no host-to-device copy, no device transform);
-(2) real trial: img/s of ``TorchModel.fit`` on a phantom store through the real data path (compact int16
-    items from ``--loader-workers`` persistent workers, the device transform, validation each epoch): the
+(2) real trial: img/s of ``TorchModel.fit`` on a phantom store through the real data path (compact batches,
+    packed HU + mask for the mask families, written by ``--loader-workers`` persistent workers into the
+    pinned shared-memory batch ring, the device transform, validation each epoch): the
     engine's ``img_per_s``, median of the epochs after the first. Reported as real / synthetic (goal >= 0.95;
     0.48 for the multitask model before this data path);
 (3) memory probe (``--gpus-per-trial auto``): per family, the peak GPU memory of a few real training steps
@@ -14,14 +15,14 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
     skipped without CUDA;
 (4) resident vs store: (2) for ``--pack-family`` with its compact slices resident (``--resident-on``:
     pinned host memory or the GPU) against the store path (the (2) figure), img/s each;
+(5) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
+    ``--pack-batch`` at the same time on the one GPU, against one such process alone: aggregate img/s ratio.
+    Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process);
 (6) feed (``feed``): per family, main-process CPU ms per batch of the training loader as the loop uses
     it (fetch + ``prepare_batch`` to the device, no transform; ``process_time``, so the pinning thread
     counts) for the per-item compact DataLoader (int16 HU + uint8 mask, ``pin_memory``) against the
     shared-memory batch ring of the training path (packed words, pinned in place), and bytes per sample
-    (goal <= 5 ms per batch; CPU figures in ``bench/bench_dataset.py --feed``);
-(5) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
-    ``--pack-batch`` at the same time on the one GPU, against one such process alone: aggregate img/s ratio.
-    Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process).
+    (goal <= 5 ms per batch; CPU figures in ``bench/bench_dataset.py --feed``).
 
 No Ray or Optuna needed (torch + torchvision + this package). ``--quick`` is the one short GPU call (2
 timed epochs, a small store); ``--dry-run`` runs every step on the CPU at 32^2 in under a minute (a
