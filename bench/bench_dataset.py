@@ -11,16 +11,29 @@ Rows of the table:
   workers shipped before, image + mask + patches) versus the compact item workers ship now
   (:class:`~dvt_search.data.compact.CompactSlices`: int16 HU, uint8 mask only for mask families,
   augmentation draws), both windowed/augmented as configured;
-* per family at 512^2, batch 32 (``--feed``): bytes per sample and main-process CPU per batch through a
-  real 2-worker DataLoader (receiving the batch from the worker + one copy standing in for pinning; no
-  CUDA here, so the copy is what ``pin_memory`` would cost), before -> after. The device transform's own
-  cost on CPU tensors is printed beside it (on a GPU it runs as kernels, not main-process CPU).
+* per family at 512^2, batch 32 (``--feed``): bytes per sample and main-process CPU per batch through 2
+  loader workers, three columns: ``f32`` the float32 reference items (before issue 10), ``item`` the
+  compact per-item DataLoader (int16 HU + uint8 mask, default collate; the state before the ring and the
+  packing) and ``now`` the training path (:func:`~dvt_search.engine.device.make_loader` of the compact
+  view: HU + mask packed in one 16-bit word, whole batches through the shared-memory ring of
+  :mod:`dvt_search.data.ring`). Main-process CPU = the fetch plus the move to the device as the loop does
+  it (``prepare_batch``, no transform); the per-item columns add one copy of the batch standing in for
+  ``pin_memory`` (pageable shared memory must be copied to pinned memory for CUDA), the ring needs none
+  (it is registered as pinned memory on CUDA, so the copy to the GPU is a DMA out of the slot). The
+  device transform's own cost on CPU tensors is printed beside it (on a GPU it runs as kernels).
+
+Measured in one run (2 cores shared with other jobs, load ~7; ``--scans 2 --items 64``): bytes/sample
+2,098,188 (f32) -> 524,380 for every family (4.00x; the mask families' per-item compact items were
+786,524, 2.67x); main-process CPU ms/batch f32 95.3 -> item 13.9-23.4 -> now 0.51-1.03 (every family
+<= 5 ms; vgg16 0.82, densenet161 0.72, multitask_unet 0.51, patch_resnet50 1.03). Loader items/s per core
+(mask shipped, reference item -> compact item) 306 -> 2,011 at 512^2 with one window, augmented.
 
 Volumes are synthetic CT-like thigh sections written to a temp dir (so the page cache is warm: this
 measures CPU cost, not disk). ``torch`` and OpenCV are pinned to one thread; items/s per core comes from
 process CPU time (robust to other load on the machine), wall time is printed beside it. Figures only.
 
     .venv/bin/python bench/bench_dataset.py [--scans 4] [--slices-per-scan 32] [--items 256] [--feed-batches 6]
+        [--feed-only]
 """
 
 from __future__ import annotations
@@ -28,7 +41,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -42,6 +55,8 @@ from dvt_search.data.compact import CompactSlices
 from dvt_search.data.dataset import SliceDataset
 from dvt_search.data.io import clear_cache, load_slice
 from dvt_search.data.schema import patches_from_mask
+from dvt_search.engine.device import make_loader
+from dvt_search.engine.loop import prepare_batch
 
 SIDE = 512
 FULL_AUG = Augment(
@@ -142,48 +157,73 @@ class OldItems(torch.utils.data.Dataset):
 
 
 def item_bytes(item: dict[str, torch.Tensor]) -> int:
+    """Bytes of one sample as shipped (every tensor of the item)."""
     return sum(v.numel() * v.element_size() for v in item.values())
 
 
-def main_process_ms(dataset: torch.utils.data.Dataset, batches: int, batch: int) -> float:
-    """Main-process CPU ms per batch: receive from 2 workers + one copy (stand-in for pinning)."""
-    loader = DataLoader(dataset, batch_size=batch, num_workers=2, shuffle=False, prefetch_factor=2)
+def main_process_ms(loader: Iterable[dict[str, torch.Tensor]], batches: int, pin_copy: bool) -> float:
+    """Main-process CPU ms per batch of ``loader``: the fetch, the move to the (CPU) device as the
+    training loop does it (:func:`~dvt_search.engine.loop.prepare_batch` without the device transform),
+    and with ``pin_copy`` one copy of every tensor standing in for ``pin_memory`` (the per-item
+    DataLoader's batches are pageable shared memory that CUDA needs pinned first; the ring is pinned in
+    place, so it needs none)."""
     it = iter(loader)
     next(it)  # workers started and warm
+    cpu = torch.device("cpu")
     total = 0.0
     for _ in range(batches):
         c0 = time.process_time()
         b = next(it)
-        b = {k: v.clone() for k, v in b.items()}
+        if pin_copy:
+            b = {k: v.clone() for k, v in b.items()}
+        b = prepare_batch(b, cpu, False, None)
         total += time.process_time() - c0
-    del it
+    del it, b
     return total * 1000.0 / batches
 
 
 def feed_rows(df: pd.DataFrame, root: Path, batches: int, batch: int) -> list[str]:
-    """Per family at 512^2, batch 32: bytes/sample and main-process ms/batch, before -> after."""
+    """Per family at 512^2, batch 32: bytes/sample and main-process ms/batch, before -> after.
+
+    Columns: ``f32`` the float32 reference items (before issue 10), ``item`` the compact per-item
+    DataLoader (int16 HU + uint8 mask, default collate: the state before the ring and the packing),
+    ``now`` what training uses (:func:`~dvt_search.engine.device.make_loader` of the compact view:
+    packed HU + mask through the shared-memory batch ring).
+    """
     lines = [
         f"per family, 512^2, batch {batch}, 1 window, augmented, 2 loader workers ({batches} timed batches)",
-        f"{'family':<16}{'B/sample before':>16}{'after':>10}{'ratio':>7}"
-        f"{'main ms/batch before':>22}{'after':>8}{'ratio':>7}{'device tf ms (CPU)':>20}",
+        f"{'':<16}{'bytes/sample':^30}{'main-process CPU ms/batch':^34}",
+        f"{'family':<16}{'f32':>10}{'item':>10}{'now':>10}{'f32':>9}{'item':>8}{'now':>8}{'f32/now':>9}"
+        f"{'B ratio':>9}{'device tf ms (CPU)':>20}",
     ]
     need = batches + 2
     sub = df.iloc[np.arange(need * batch) % len(df)].reset_index(drop=True)
     ds = SliceDataset(sub, root, size=512, windows=((40, 400),), augment=FULL_AUG, seed=0)
-    before_ms = main_process_ms(OldItems(ds), batches, batch)
-    before_b = item_bytes(old_item(ds, 0))
+
+    def per_item(dataset: torch.utils.data.Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch, num_workers=2, shuffle=False, prefetch_factor=2)
+
+    f32_ms = main_process_ms(per_item(OldItems(ds)), batches, pin_copy=True)
+    f32_b = item_bytes(old_item(ds, 0))
     for fam, (mask, patches) in FAMILIES.items():
-        compact = CompactSlices(ds, with_mask=mask, patches=patches)
-        after_ms = main_process_ms(compact, batches, batch)
-        after_b = item_bytes(compact[0])
-        raw = torch.utils.data.default_collate([compact[i] for i in range(batch)])
-        compact.batch_transform(raw)
+        item_view = CompactSlices(ds, with_mask=mask, patches=patches, pack=False)
+        item_ms = main_process_ms(per_item(item_view), batches, pin_copy=True)
+        item_b = item_bytes(item_view[0])
+        view = CompactSlices(ds, with_mask=mask, patches=patches)
+        gen = torch.Generator().manual_seed(0)
+        ring = make_loader(
+            view, batch, shuffle=True, generator=gen, num_workers=2, persistent=True, ring=True
+        )
+        now_ms = main_process_ms(ring, batches, pin_copy=False)
+        now_b = item_bytes(view[0])
+        raw = torch.utils.data.default_collate([view[i] for i in range(batch)])
+        view.batch_transform(raw)
         c0 = time.process_time()
-        compact.batch_transform(raw)
+        view.batch_transform(raw)
         tf_ms = (time.process_time() - c0) * 1000.0
         lines.append(
-            f"{fam:<16}{before_b:>16,}{after_b:>10,}{before_b / after_b:>7.1f}"
-            f"{before_ms:>22.2f}{after_ms:>8.2f}{before_ms / max(after_ms, 1e-6):>7.1f}{tf_ms:>20.1f}"
+            f"{fam:<16}{f32_b:>10,}{item_b:>10,}{now_b:>10,}{f32_ms:>9.2f}{item_ms:>8.2f}{now_ms:>8.2f}"
+            f"{f32_ms / max(now_ms, 1e-6):>9.1f}{f32_b / now_b:>9.2f}{tf_ms:>20.1f}"
         )
     return lines
 
@@ -196,6 +236,7 @@ def main() -> None:
     ap.add_argument(
         "--feed-batches", type=int, default=6, help="timed batches of 32 per family row (0 = skip)"
     )
+    ap.add_argument("--feed-only", action="store_true", help="only the per-family feed table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -204,45 +245,50 @@ def main() -> None:
         df, pngs = build_store(root, args.scans, args.slices_per_scan, png_slices=64)
         n = len(df)
         clear_cache()
-        npy = [str(root / p) for p in df["image_path"]]
-        results = [
-            (
-                "read .npy memmap slice (image)",
-                per_item_ms(lambda i: np.array(load_slice(npy[i], i % args.slices_per_scan)), args.items, n),
-            ),
-            (
-                "read 16-bit PNG slice (image)",
-                per_item_ms(lambda i: load_slice(pngs[i]), args.items, len(pngs)),
-            ),
-        ]
-        configs = [
-            ("512, 1 window", 512, ((40, 400),), None),
-            ("512, 3 windows", 512, ("soft_tissue", "venous", "bone"), None),
-            ("512, 1 window, augmented", 512, ((40, 400),), FULL_AUG),
-            ("512, 3 windows, augmented", 512, ("soft_tissue", "venous", "bone"), FULL_AUG),
-            ("256 (resized), 1 window", 256, ((40, 400),), None),
-            ("256 (resized), 1 window, augmented", 256, ((40, 400),), FULL_AUG),
-        ]
-        pairs = []
-        for name, size, windows, aug in configs:
-            ds = SliceDataset(df, root, size=size, windows=windows, augment=aug, seed=0)
-            before = per_item_ms(lambda i, ds=ds: old_item(ds, i), args.items, n)
-            results.append((f"dataset item {name}", before))
-            compact = CompactSlices(ds, with_mask=True)
-            after = per_item_ms(compact.__getitem__, args.items, n)
-            results.append((f"compact item (+mask) {name}", after))
-            pairs.append((name, before[0], after[0]))
+        results: list[tuple[str, tuple[float, float]]] = []
+        pairs: list[tuple[str, float, float]] = []
+        if not args.feed_only:
+            npy = [str(root / p) for p in df["image_path"]]
+            results += [
+                (
+                    "read .npy memmap slice (image)",
+                    per_item_ms(
+                        lambda i: np.array(load_slice(npy[i], i % args.slices_per_scan)), args.items, n
+                    ),
+                ),
+                (
+                    "read 16-bit PNG slice (image)",
+                    per_item_ms(lambda i: load_slice(pngs[i]), args.items, len(pngs)),
+                ),
+            ]
+            configs = [
+                ("512, 1 window", 512, ((40, 400),), None),
+                ("512, 3 windows", 512, ("soft_tissue", "venous", "bone"), None),
+                ("512, 1 window, augmented", 512, ((40, 400),), FULL_AUG),
+                ("512, 3 windows, augmented", 512, ("soft_tissue", "venous", "bone"), FULL_AUG),
+                ("256 (resized), 1 window", 256, ((40, 400),), None),
+                ("256 (resized), 1 window, augmented", 256, ((40, 400),), FULL_AUG),
+            ]
+            for name, size, windows, aug in configs:
+                ds = SliceDataset(df, root, size=size, windows=windows, augment=aug, seed=0)
+                before = per_item_ms(lambda i, ds=ds: old_item(ds, i), args.items, n)
+                results.append((f"dataset item {name}", before))
+                compact = CompactSlices(ds, with_mask=True)
+                after = per_item_ms(compact.__getitem__, args.items, n)
+                results.append((f"compact item (+mask) {name}", after))
+                pairs.append((name, before[0], after[0]))
         feed = feed_rows(df, root, args.feed_batches, 32) if args.feed_batches > 0 else []
-    print(
-        f"one core, {n} slices of {SIDE}^2 in {args.scans} int16 .npy volumes, {args.items} timed items per row"
-    )
-    print(f"{'what':<48}{'cpu ms':>9}{'items/s/core':>14}{'wall ms':>9}")
-    for name, (cpu, wall) in results:
-        print(f"{name:<48}{cpu:>9.3f}{1000.0 / cpu:>14.0f}{wall:>9.3f}")
-    print()
-    print(f"{'loader items/s per core (mask shipped)':<48}{'before':>9}{'after':>9}{'ratio':>7}")
-    for name, b, a in pairs:
-        print(f"{name:<48}{1000.0 / b:>9.0f}{1000.0 / a:>9.0f}{b / a:>7.1f}")
+    if results:
+        print(
+            f"one core, {n} slices of {SIDE}^2 in {args.scans} int16 .npy volumes, {args.items} timed items per row"
+        )
+        print(f"{'what':<48}{'cpu ms':>9}{'items/s/core':>14}{'wall ms':>9}")
+        for name, (cpu, wall) in results:
+            print(f"{name:<48}{cpu:>9.3f}{1000.0 / cpu:>14.0f}{wall:>9.3f}")
+        print()
+        print(f"{'loader items/s per core (mask shipped)':<48}{'before':>9}{'after':>9}{'ratio':>7}")
+        for name, b, a in pairs:
+            print(f"{name:<48}{1000.0 / b:>9.0f}{1000.0 / a:>9.0f}{b / a:>7.1f}")
     if feed:
         print()
         print("\n".join(feed))

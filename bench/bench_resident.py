@@ -11,10 +11,12 @@ the page cache warm: this measures CPU cost, not disk) is read through the engin
 
 Both with the full augmentation's draws and a mask (the multitask / patch families' batches). Items/s per
 core come from process CPU time (torch pinned to one thread); the resident memory and its load time are
-printed beside them, with the memory the paper's 29k femoral slices would take at that side. Figures
-only, no assertions. Under a minute on 2 CPU cores.
+printed beside them, with the memory the paper's 29k femoral slices would take at that side (2 bytes per
+pixel: HU and mask packed in one word; with ``--context k`` each slice is still held once, the stacks
+gathered by index). Figures only, no assertions. Under a minute on 2 CPU cores.
 
     .venv/bin/python bench/bench_resident.py [--scans 2] [--slices 48] [--sizes 64,256,512] [--epochs 3]
+        [--context 0]
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def items_per_cpu_s(dataset, batch: int, epochs: int) -> tuple[float, float]:
         gen.manual_seed(epoch + 1)
         dataset.set_epoch(epoch + 1)
         for b in loader:
-            n += int(b["hu"].shape[0])
+            n += int(b["label"].shape[0])
     return n / (time.process_time() - c0), n / (time.perf_counter() - t0)
 
 
@@ -80,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="64,256,512")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--context", type=int, default=0, help="context slices k (each slice is held once)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    print(f"{args.scans * args.slices} slices, batch {args.batch}, augmentation draws + mask, 1 thread")
+    print(
+        f"{args.scans * args.slices} slices, batch {args.batch}, augmentation draws + mask (packed), "
+        f"{args.context} context slices, 1 thread"
+    )
     print(f"{'side':>5}{'store it/s/core':>17}{'resident it/s/core':>20}{'ratio':>7}{'resident MiB':>14}"
           f"{'load s':>8}{'29k slices GiB':>16}")  # fmt: skip
     for side in (int(s) for s in args.sizes.split(",")):
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             frame, _ = build_store(root, args.scans, args.slices, png_slices=0)
             resize_store(root, side)
             view = CompactSlices(
-                SliceDataset(frame, root, size=side, augment=FULL_AUG, seed=0), with_mask=True
+                SliceDataset(frame, root, size=side, augment=FULL_AUG, seed=0, context_slices=args.context),
+                with_mask=True,
             )
             store_cpu, _ = items_per_cpu_s(view, args.batch, args.epochs)
             t0 = time.perf_counter()

@@ -4,8 +4,9 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
 
 (1) synthetic: img/s of ``train_step`` on ONE batch that already lives on the device (the network's own
     speed: no loader, no host-to-device copy, no device transform);
-(2) real trial: img/s of ``TorchModel.fit`` on a phantom store through the real data path (compact int16
-    items from ``--loader-workers`` persistent workers, the device transform, validation each epoch): the
+(2) real trial: img/s of ``TorchModel.fit`` on a phantom store through the real data path (compact batches,
+    packed HU + mask for the mask families, written by ``--loader-workers`` persistent workers into the
+    pinned shared-memory batch ring, the device transform, validation each epoch): the
     engine's ``img_per_s``, median of the epochs after the first. Reported as real / synthetic (goal >= 0.95;
     0.48 for the multitask model before this data path);
 (3) memory probe (``--gpus-per-trial auto``): per family, the peak GPU memory of a few real training steps
@@ -16,7 +17,12 @@ Per torch family at ``--size`` (512) and ``--batch`` (32), bf16 autocast + chann
     pinned host memory or the GPU) against the store path (the (2) figure), img/s each;
 (5) packing: ``--pack`` processes (4: as trials at 0.25 GPU each) each running (2) for ``--pack-family`` at
     ``--pack-batch`` at the same time on the one GPU, against one such process alone: aggregate img/s ratio.
-    Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process).
+    Plain processes stand in for Ray trials (Ray is not needed; a Tune trial at 0.25 GPU is such a process);
+(6) feed (``feed``): per family, main-process CPU ms per batch of the training loader as the loop uses
+    it (fetch + ``prepare_batch`` to the device, no transform; ``process_time``, so the pinning thread
+    counts) for the per-item compact DataLoader (int16 HU + uint8 mask, ``pin_memory``) against the
+    shared-memory batch ring of the training path (packed words, pinned in place), and bytes per sample
+    (goal <= 5 ms per batch; CPU figures in ``bench/bench_dataset.py --feed``).
 
 No Ray or Optuna needed (torch + torchvision + this package). ``--quick`` is the one short GPU call (2
 timed epochs, a small store); ``--dry-run`` runs every step on the CPU at 32^2 in under a minute (a
@@ -24,7 +30,7 @@ smoke test of this script, not a measurement).
 
     python bench/gpu_feed_check.py --quick [--families vgg16,densenet161,multitask_unet,patch_resnet50]
         [--size 512] [--batch 32] [--epochs 3] [--loader-workers 4] [--pack 4] [--json OUT]
-        [--resident-on host|device] [--skip synthetic,real,probe,resident,pack]
+        [--resident-on host|device] [--skip synthetic,real,probe,resident,pack,feed]
 """
 
 from __future__ import annotations
@@ -158,6 +164,63 @@ def probe(name: str, spec: Any, batch: int) -> dict[str, Any]:
     return {"peak_gib": peak / GIB, "gpu_gib": total / GIB, "auto_share": share}
 
 
+def feed_cpu_ms(
+    name: str, manifest: str, size: int, batch: int, device: str, workers: int, limit: int, batches: int
+) -> dict[str, Any]:
+    """Main-process CPU ms per batch and bytes per sample: per-item DataLoader vs the batch ring."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dvt_search import families
+    from dvt_search.data.compact import CompactSlices
+    from dvt_search.engine.device import make_loader
+    from dvt_search.engine.loop import prepare_batch
+
+    train, _, spec = datasets(Path(manifest), size, limit)
+    model = families.get(name).build({**PARAMS.get(name, {}), "batch_size": batch}, spec)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    ring_view = model.training_view(train)
+    item_view = CompactSlices(
+        model.input_view(train),
+        with_mask=model.uses_masks,
+        patches="patches" in model.batch_targets,
+        pack=False,
+    )
+
+    def measure(loader: Any) -> float:
+        it = iter(loader)
+        next(it)  # workers started
+        n = max(1, min(batches, len(loader) - 1))
+        total = 0.0
+        for _ in range(n):
+            c0 = time.process_time()
+            prepare_batch(next(it), dev, False, None)
+            total += time.process_time() - c0
+        if cuda:
+            torch.cuda.synchronize()
+        del it
+        return total * 1000.0 / n
+
+    plain = DataLoader(item_view, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=cuda)
+    gen = torch.Generator().manual_seed(0)
+    ring = make_loader(
+        ring_view, batch, shuffle=True, generator=gen, num_workers=workers, pin_memory=cuda, persistent=True,
+        ring=True,
+    )  # fmt: skip
+
+    def nbytes(item: dict) -> int:
+        return sum(v.numel() * v.element_size() for v in item.values())
+
+    return {
+        "item_ms": measure(plain),
+        "ring_ms": measure(ring),
+        "item_bytes": nbytes(item_view[0]),
+        "ring_bytes": nbytes(ring_view[0]),
+        "ring_pinned": bool(getattr(getattr(ring, "ring", None), "pinned", False)),
+    }
+
+
 def _pack_worker(args: tuple, queue: Any) -> None:
     try:
         queue.put(real_img_s(*args)[0])
@@ -198,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack-batch", type=int, default=8)
     p.add_argument("--resident-on", choices=("host", "device"), default="host")
     p.add_argument(
-        "--skip", default="", help="comma list of parts to skip: synthetic,real,probe,resident,pack"
+        "--skip", default="", help="comma list of parts to skip: synthetic,real,probe,resident,pack,feed"
     )
     p.add_argument("--json", type=Path, help="write the figures here too")
     args = p.parse_args(argv)
@@ -250,6 +313,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row.get('ratio', float('nan')):>16.2f}",
                 flush=True,
             )
+        if "feed" not in skip:
+            print(
+                f"{'family':<16}{'item ms/batch':>14}{'ring ms/batch':>14}{'item B/sample':>15}"
+                f"{'ring B/sample':>15}  (main-process CPU, {args.loader_workers} workers)"
+            )
+            out["feed"] = {}
+            for name in args.families.split(","):
+                row = out["feed"][name] = feed_cpu_ms(
+                    name, str(manifest), args.size, args.batch, device, args.loader_workers, limit,
+                    args.steps,
+                )  # fmt: skip
+                print(
+                    f"{name:<16}{row['item_ms']:>14.2f}{row['ring_ms']:>14.2f}{row['item_bytes']:>15,}"
+                    f"{row['ring_bytes']:>15,}"
+                    + ("" if row["ring_pinned"] or device != "cuda" else "  (ring NOT pinned)"),
+                    flush=True,
+                )
         if "probe" not in skip:
             if device != "cuda":
                 print("probe: skipped (no CUDA device: GPU memory cannot be measured)")

@@ -20,7 +20,10 @@ Agreement with the CPU reference (tested on CPU tensors in ``tests/data/test_dev
   outside the image. OpenCV's ``warpAffine`` quantises interpolation weights to 1/32 pixel, torch does not,
   so values differ at sharp edges: mean absolute difference of a windowed channel <= 0.01, the mask's
   nearest-neighbour warp agrees on >= 99 % of pixels (rounding of exactly-half coordinates differs);
-* intensity offset and noise (the same fixed noise bank and window): exact up to float addition order.
+* intensity offset and noise (the same fixed noise bank and window): exact up to float addition order;
+* a packed batch (``packed``: HU + 1024 in bits 0-11, the mask in bit 12, see :mod:`.compact`) is
+  unpacked first (:func:`unpack`, integer ops on the device): exactly the unpacked ``hu`` and ``mask`` of
+  HU inside [-1024, 3071] (the clipping itself is discussed in :mod:`.compact`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,18 @@ from .schema import PATCH_BLOCK
 from .spec import Window
 
 _BANKS: dict[tuple[int, int, str], Tensor] = {}
+
+
+#: low 12 bits of the packed word (HU + 1024) and the mask bit (as :data:`.compact.MASK_BIT`)
+HU_BITS, MASK_SHIFT, HU_OFFSET = 0x0FFF, 12, 1024
+
+
+def unpack(packed: Tensor, centre: int) -> tuple[Tensor, Tensor]:
+    """``(hu, mask)`` of a packed ``int16[B, D, H, W]`` batch: float32 HU ``[B, D, H, W]`` and the centre
+    slice's float32 0/1 mask ``[B, 1, H, W]`` (bitwise ops in the packed dtype, then one cast each)."""
+    hu = (packed & HU_BITS).float() - HU_OFFSET
+    mask = ((packed[:, centre : centre + 1] >> MASK_SHIFT) & 1).float()
+    return hu, mask
 
 
 def window_batch(hu: Tensor, windows: Sequence[Window]) -> Tensor:
@@ -161,6 +176,8 @@ class DeviceTransform:
         augment: the training augmentation (``None``: none; batches must then carry no ``aug``).
         mask: the batch carries a uint8 ``mask`` to resize/augment; it comes out float32 ``[B, 1, S, S]``.
         patches: add float32 ``patches`` ``[B, 1, g, g]`` from the final mask.
+        packed: the batch carries ``packed`` (HU and mask in one int16 word) instead of ``hu``/``mask``.
+        centre: the context slice whose word holds the mask bit (``k`` of ``2k + 1``).
     """
 
     def __init__(
@@ -171,7 +188,13 @@ class DeviceTransform:
         *,
         mask: bool,
         patches: bool = False,
+        packed: bool = False,
+        centre: int = 0,
     ) -> None:
+        if packed and not mask:
+            raise ValueError("a packed batch carries the mask: packed=True needs mask=True")
+        self.packed = bool(packed)
+        self.centre = int(centre)
         self.size = int(size)
         self.windows = tuple((float(lv), float(wd)) for lv, wd in windows)
         self.augment = None if augment is None or augment.is_identity else augment
@@ -179,13 +202,18 @@ class DeviceTransform:
         self.patches = bool(patches)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A new batch dict: ``image`` (and ``mask``/``patches``) added; ``hu`` and ``aug`` removed.
+        """A new batch dict: ``image`` (and ``mask``/``patches``) added; ``hu``/``packed`` and ``aug`` removed.
 
         ``hu`` is ``[B, D, H, W]`` (``D = 2k + 1`` context slices); ``image`` is ``[B, D * windows, S, S]``.
         """
-        out = {k: v for k, v in batch.items() if k not in ("hu", "aug", "mask")}
-        hu = resize_hu(batch["hu"].float(), self.size)
-        mask = resize_masks(batch["mask"].float(), self.size) if self.mask else None
+        out = {k: v for k, v in batch.items() if k not in ("hu", "aug", "mask", "packed")}
+        if self.packed:
+            hu_raw, mask_raw = unpack(batch["packed"], self.centre)
+        else:
+            hu_raw = batch["hu"].float()
+            mask_raw = batch["mask"].float() if self.mask else None
+        hu = resize_hu(hu_raw, self.size)
+        mask = resize_masks(mask_raw, self.size) if mask_raw is not None else None
         if self.augment is not None:
             hu, mask = augment_batch(self.augment, hu, mask, batch["aug"])
         out["image"] = window_batch(hu, self.windows)

@@ -17,9 +17,16 @@ Where the tensors live (``where``):
 
 It is optional and sized: :func:`plan_resident` takes the training and validation views and a budget in
 bytes and makes resident what fits (training first, then validation), saying in one line what it did and
-why. Memory taken: ``slices x item_bytes`` (:func:`item_bytes`: 2 bytes per pixel for HU, 1 more with a
-mask, a few bytes of label/index): the paper's 29k femoral slices at 512^2 take 14.2 GiB as int16 HU alone,
-21.2 GiB with masks; 5.3 GiB at 256^2 and 0.33 GiB at 64^2 with masks.
+why. Memory taken: ``slices x item_bytes`` (:func:`item_bytes`: 2 bytes per pixel, HU and mask packed in one
+word by :mod:`.compact`, 3 where the windows do not allow packing, and a few bytes of label/index): the
+paper's 29k femoral slices at 512^2 take 14.2 GiB with or without masks; 3.5 GiB at 256^2 and 0.22 GiB at
+64^2.
+
+With context slices (``context_slices = k > 0``) each slice is held once: the stacked keys (``hu`` /
+``packed``, ``[2k + 1, H, W]`` per item) keep only each row's own (centre) slice, and a batch's stacks are
+gathered by the rows of :attr:`.dataset.SliceDataset.context_rows` (one index per stacked slice). HU are
+exactly the store's; in a packed stack a neighbour's word then carries that neighbour's own mask bit,
+which the device unpack never reads (the mask comes from the centre slice, HU from bits 0-11).
 
 Resident data is read in the trial's own process: loader workers would each need a copy, so the loader
 of a resident view runs in the main process (:attr:`ResidentSlices.loader_settings`).
@@ -46,17 +53,32 @@ GIB = float(1024**3)
 WHERE = ("host", "device")
 #: per-sample keys the compact view computes per epoch (never stored)
 PER_EPOCH = frozenset({"aug"})
+#: per-sample keys that stack the 2k + 1 context slices (held once per slice, gathered by context rows)
+STACKED = frozenset({"hu", "packed"})
 
 
 def _stored(item: Mapping[str, Any]) -> dict[str, Tensor]:
     return {k: v for k, v in item.items() if isinstance(v, Tensor) and k not in PER_EPOCH}
 
 
+def _depth(view: Dataset) -> int:
+    return 2 * int(getattr(view, "context_slices", 0)) + 1
+
+
+def _own(key: str, value: Tensor, depth: int) -> Tensor:
+    """What is held of one item's ``key``: a stacked key's centre slice (``[1, H, W]``), else all of it."""
+    if key in STACKED and depth > 1:
+        return value[depth // 2 : depth // 2 + 1]
+    return value
+
+
 def item_bytes(view: Dataset) -> int:
-    """Bytes one resident sample of ``view`` takes (reads its first item; 0 for an empty view)."""
+    """Bytes one resident sample of ``view`` takes (reads its first item; 0 for an empty view): with
+    context slices one slice of the stack, the neighbours being other rows' own slices."""
     if len(view) == 0:  # type: ignore[arg-type]
         return 0
-    return sum(t.numel() * t.element_size() for t in _stored(view[0]).values())
+    d = _depth(view)
+    return sum(_own(k, t, d).numel() * t.element_size() for k, t in _stored(view[0]).items())
 
 
 def resident_bytes(view: Dataset) -> int:
@@ -90,14 +112,19 @@ class ResidentSlices(Dataset):
         self.device = torch.device(device)
         self.pin = bool(pin) and self.device.type == "cpu" and torch.cuda.is_available()
         self.batch_transform = view.batch_transform
+        self.depth = _depth(view)
         self.tensors = self._load()
+        rows = np.asarray(view.base.context_rows, dtype=np.int64) if self.depth > 1 else None
+        #: ``[n, 2k + 1]`` rows whose own slices make each row's stack (``None`` without context)
+        self.rows = None if rows is None else torch.from_numpy(rows).to(self.device)
 
     def _load(self) -> dict[str, Tensor]:
         n = len(self.view)
         if n == 0:
             raise ValueError("cannot make an empty dataset resident")
         t0 = time.perf_counter()
-        first = _stored(self.view[0])
+        d = self.depth
+        first = {k: _own(k, v, d) for k, v in _stored(self.view[0]).items()}
         on_host = self.device.type == "cpu"
         # device: filled through a host staging copy of the same layout, then moved in one go per key
         host = {
@@ -105,7 +132,7 @@ class ResidentSlices(Dataset):
             for k, v in first.items()
         }
         for i in range(n):
-            item = first if i == 0 else _stored(self.view[i])
+            item = first if i == 0 else {k: _own(k, v, d) for k, v in _stored(self.view[i]).items()}
             for k, v in item.items():
                 host[k][i] = v
         out = host if on_host else {k: v.to(self.device) for k, v in host.items()}
@@ -142,6 +169,9 @@ class ResidentSlices(Dataset):
         """One sample, as the compact view's item (from memory)."""
         i = self.view.base._index(i)
         item = {k: v[i] for k, v in self.tensors.items()}
+        if self.rows is not None:
+            for k in STACKED & set(item):
+                item[k] = self.tensors[k][self.rows[i]][:, 0]  # [2k + 1, H, W] from the rows' own slices
         draws = self.view.aug_draws(i)
         if draws is not None:
             item["aug"] = draws.to(self.device)
@@ -153,10 +183,21 @@ class ResidentSlices(Dataset):
         out = torch.empty((len(index), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
         return torch.index_select(t, 0, index, out=out)
 
+    def _gather_stack(self, t: Tensor, index: Tensor) -> Tensor:
+        """``[B, 2k + 1, H, W]``: each sample's context rows' own slices (``t`` is ``[n, 1, H, W]``)."""
+        rows = self.rows[index.to(self.rows.device)]  # type: ignore[index]
+        flat = self._gather(t, rows.reshape(-1))
+        return flat.view(len(index), rows.shape[1], *t.shape[2:])
+
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """The collated batch of ``indices`` (what the default collate of the compact items gives)."""
         index = torch.as_tensor([self.view.base._index(i) for i in indices], dtype=torch.int64)
-        batch = {k: self._gather(v, index) for k, v in self.tensors.items()}
+        batch = {
+            k: self._gather_stack(v, index)
+            if self.rows is not None and k in STACKED
+            else self._gather(v, index)
+            for k, v in self.tensors.items()
+        }
         rows = [self.view.aug_draws(int(i)) for i in index]
         if rows and rows[0] is not None:
             aug = torch.stack(rows)

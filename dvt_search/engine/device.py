@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from ..data.ring import RingLoader, RingUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -53,9 +58,20 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent: bool = False,
-) -> DataLoader:
+    ring: bool = False,
+) -> DataLoader | RingLoader:
     """A deterministic DataLoader: the shuffled order comes from ``generator`` only, the same with or
     without (persistent) workers.
+
+    With ``ring``, a dataset that says ``batches_in_ring`` (the compact training view,
+    :mod:`dvt_search.data.compact`) gets a :class:`~dvt_search.data.ring.RingLoader`: its workers write
+    whole batches into a shared-memory ring, pinned on CUDA, so the trial's process does almost nothing per
+    batch; the batches and their order are the ones the DataLoader gives. A ring batch's image tensors
+    are views of a slot that is written again two batches later, so only a consumer that is done with a
+    batch (moved it to the device, transformed it) when it fetches the one after next may ask for it (the
+    training loop; a ``list(loader)`` may not). Without ``ring`` (the default; also Ray Train's
+    ``prepare_data_loader``, which rebuilds a DataLoader from its fields) and with too little shared memory
+    for the ring (said in a warning) it is the DataLoader.
 
     With ``persistent`` (and workers) the worker processes live as long as the loader, which is only
     allowed when :func:`shares_epoch` says that ``dataset.set_epoch`` still reaches them; otherwise they
@@ -64,6 +80,20 @@ def make_loader(
     A dataset may dictate ``num_workers`` / ``pin_memory`` / ``collate_fn`` through a ``loader_settings``
     mapping (a resident dataset, :mod:`dvt_search.data.resident`, serves whole batches in this process).
     """
+    if ring and getattr(dataset, "batches_in_ring", False) and len(dataset) > 0:  # type: ignore[arg-type]
+        try:
+            return RingLoader(
+                dataset,
+                batch_size,
+                shuffle=shuffle,
+                generator=generator,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                persistent=persistent and shares_epoch(dataset),
+                worker_init_fn=_worker_init,
+            )
+        except RingUnavailable as exc:
+            log.warning("%s: per-item batches instead", exc)
     settings = dict(getattr(dataset, "loader_settings", None) or {})
     num_workers = int(settings.pop("num_workers", num_workers))
     pin_memory = bool(settings.pop("pin_memory", pin_memory))

@@ -12,7 +12,9 @@ right after moving it to the device (:mod:`dvt_search.data.compact` ships compac
 
 Loader workers (``cfg.num_workers``) persist for the whole ``fit`` when the dataset's epoch reaches them
 (:func:`~.device.shares_epoch`; the compact view keeps it in shared memory); the validation loader is
-built once per ``fit``. (Ray's ``prepare_data_loader`` rebuilds the training loader without
+built once per ``fit``. The compact view's batches come through a shared-memory ring
+(:mod:`dvt_search.data.ring`: whole batches written by the workers, pinned on CUDA), except for the
+training loader of a ``prepare_loader`` (DDP) fit. (Ray's ``prepare_data_loader`` rebuilds the training loader without
 ``persistent_workers``: under DDP its workers start each epoch, which stays correct.)
 
 Per-epoch metrics (floats): ``train_loss`` and ``train_loss_<part>``, ``val_loss`` and
@@ -202,6 +204,7 @@ def eval_loader(dataset: Dataset, cfg: LoopConfig, device: torch.device, *, pers
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent=persistent,
+        ring=True,  # run_inference is done with a batch before it fetches the next
     )
 
 
@@ -340,6 +343,7 @@ def fit(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent=True,
+        ring=prepare_loader is None,  # Ray Train rebuilds a DataLoader from the loader's fields
     )
     if prepare_loader is not None:
         loader = prepare_loader(loader)

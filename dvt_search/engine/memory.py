@@ -2,7 +2,9 @@
 
 :func:`probe_peak_bytes` runs a few real training steps of a model (the engine's ``train_step``: bf16
 autocast, channels_last, Adam, the family's own loss) on synthetic compact batches finished by the same
-device transform as training, and returns ``torch.cuda.max_memory_allocated`` over them: the weights,
+device transform as training, at the model's own input (its ``spec``: the input size and context slices
+its params chose, which :mod:`dvt_search.runtime.packing` builds it at), and returns
+``torch.cuda.max_memory_allocated`` over them: the weights,
 gradients, Adam's two moments (allocated at the first step, so the peak is read after step 2+) and the
 activations of one batch.
 
@@ -77,10 +79,12 @@ def gpu_share(
 
 
 def synthetic_compact_batch(model: Any, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """A compact batch (int16 HU, uint8 mask when the family trains on masks) of the model's input size."""
+    """A compact batch (int16 HU of the ``2k + 1`` context slices, uint8 mask when the family trains on
+    masks) at the model's own input (its ``spec``: input size and context slices)."""
     s = int(model.spec.image_size)
+    depth = 2 * int(getattr(model.spec, "context_slices", 0)) + 1
     gen = torch.Generator().manual_seed(0)
-    hu = torch.randint(-1000, 400, (batch_size, 1, s, s), dtype=torch.int16, generator=gen)
+    hu = torch.randint(-1000, 400, (batch_size, depth, s, s), dtype=torch.int16, generator=gen)
     batch = {
         "hu": hu,
         "label": (torch.arange(batch_size) % 2).float(),
@@ -108,7 +112,12 @@ def probe_peak_bytes(
     optimizer, _ = build_optimizer(module, model.loop_config())
     spec = model.spec
     finish = DeviceTransform(
-        spec.image_size, spec.windows, None, mask=model.uses_masks, patches="patches" in model.batch_targets
+        spec.image_size,
+        spec.windows,
+        None,
+        mask=model.uses_masks,
+        patches="patches" in model.batch_targets,
+        centre=int(getattr(spec, "context_slices", 0)),
     )
     raw = synthetic_compact_batch(model, int(batch_size), dev)
     torch.cuda.synchronize(dev)

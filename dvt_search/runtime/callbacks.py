@@ -98,6 +98,9 @@ class RecordsCallback(Callback):
         mode: ``max`` or ``min``.
         cpus: CPUs reserved per trial (all workers together).
         gpus: GPUs reserved per trial (all workers together).
+        gpu_plan: under ``--gpus-per-trial auto`` the family's :class:`~.packing.GpuPlan`: a trial's
+            ``gpu_s`` books the share its config reserved (x ``workers``) instead of ``gpus``.
+        workers: training processes per trial (``ray-train``).
     """
 
     def __init__(
@@ -110,6 +113,8 @@ class RecordsCallback(Callback):
         mode: str,
         cpus: float,
         gpus: float,
+        gpu_plan: Any = None,
+        workers: int = 1,
     ) -> None:
         self.run = RunDir(run_dir)
         self.family = family
@@ -118,6 +123,8 @@ class RecordsCallback(Callback):
         self.mode = mode
         self.cpus = cpus
         self.gpus = gpus
+        self.gpu_plan = gpu_plan
+        self.workers = int(workers)
         self._state: dict[str, dict[str, Any]] = {}  # per trial: best score/epoch/checkpoint, wall time
         self._started: dict[str, float] = {}
         self._final_before: set[str] = set()  # restarted by a stale snapshot although already final
@@ -152,6 +159,12 @@ class RecordsCallback(Callback):
         # ties go to the later epoch: Tune/Train keep the later of equally scored checkpoints
         return value >= best if self.mode == "max" else value <= best
 
+    def trial_gpus(self, params: dict[str, Any]) -> float:
+        """GPUs a trial with ``params`` holds (all workers): its measured share under ``auto``."""
+        if self.gpu_plan is None:
+            return float(self.gpus)
+        return float(self.gpu_plan.share(params)) * self.workers
+
     def _wall(self, trial_id: str) -> float:
         st = self._state.setdefault(trial_id, {})
         started = self._started.pop(trial_id, None)
@@ -164,7 +177,7 @@ class RecordsCallback(Callback):
         st = self._state.setdefault(trial.trial_id, {})
         rec.wall_s = self._wall(trial.trial_id)
         rec.cpu_s = rec.wall_s * self.cpus
-        rec.gpu_s = rec.wall_s * self.gpus
+        rec.gpu_s = rec.wall_s * self.trial_gpus(rec.params)
         rec.status = status
         rec.error = error
         rec.ended_at = time.time()

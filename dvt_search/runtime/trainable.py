@@ -123,7 +123,7 @@ def _fit_data(ctx: TrialContext) -> FitData:
 def trial_gpus(ctx: TrialContext, params: Mapping[str, Any]) -> float:
     """The GPUs (per worker) a trial with ``params`` holds: its measured share under ``auto`` (:mod:`.packing`)."""
     if ctx.config.resources.gpus_auto and ctx.needs.gpus > 0:
-        plan = GpuPlan.load(ctx.run, ctx.family, ctx.needs.cpus)
+        plan = GpuPlan.load(ctx.run, ctx.family, ctx.needs.cpus, ctx.spec)
         if plan is not None:
             return plan.share(params)
     return float(ctx.needs.gpus)

@@ -194,7 +194,7 @@ def run_family(
     """
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
     if gpus is None and cfg.resources.gpus_auto and needs.gpus > 0:  # a family's actor (.concurrent)
-        gpus = GpuPlan.load(run, family, needs.cpus)
+        gpus = GpuPlan.load(run, family, needs.cpus, ctx.spec)
     exp_path = run.tune_dir(family)
     journal = run.journal
     trials = cfg.budget.trials_for(family)
@@ -225,6 +225,8 @@ def run_family(
                 mode=cfg.mode,
                 cpus=needs.total_cpus,
                 gpus=needs.total_gpus,
+                gpu_plan=gpus,
+                workers=needs.workers,
             ),
             ProgressCallback(
                 family,

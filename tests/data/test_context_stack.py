@@ -112,7 +112,7 @@ def test_compact_items_ship_the_neighbours_as_int16(store) -> None:
     Catches: a compact path that ships only the centre slice or reads neighbours by frame row.
     """
     df, root = store
-    compact = CompactSlices(SliceDataset(df, root, size=32, context_slices=K), with_mask=True)
+    compact = CompactSlices(SliceDataset(df, root, size=32, context_slices=K), with_mask=True, pack=False)
     for i in range(0, len(df), 3):
         hu = compact[i]["hu"].numpy()
         assert hu.shape == (2 * K + 1, SIDE, SIDE) and hu.dtype == np.int16

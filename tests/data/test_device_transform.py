@@ -105,7 +105,7 @@ def test_items_are_compact_and_masks_only_when_asked(store) -> None:
     assert item["hu"].dtype == torch.int16 and item["hu"].shape == (1, SIDE, SIDE)
     batch = lean.batch_transform(default_collate([lean[0], lean[1]]))
     assert set(batch) == {"image", "label", "index"}
-    full = CompactSlices(base, with_mask=True)
+    full = CompactSlices(base, with_mask=True, pack=False)
     assert full[0]["mask"].dtype == torch.uint8
     with pytest.raises(ValueError, match="needs with_mask"):
         CompactSlices(base, with_mask=False, patches=True)

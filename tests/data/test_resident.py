@@ -59,7 +59,7 @@ def test_resident_batches_equal_the_store_batches(store, mask: bool) -> None:
     for e_epoch, g_epoch in zip(expected, got, strict=True):
         assert len(e_epoch) == len(g_epoch) == -(-len(resident) // 3) > 2
         for e, g in zip(e_epoch, g_epoch, strict=True):
-            assert sorted(e) == sorted(g) and ("mask" in g) == mask and "aug" in g
+            assert sorted(e) == sorted(g) and ("packed" in g) == mask and "aug" in g
             for key in e:
                 assert e[key].dtype == g[key].dtype and torch.equal(e[key], g[key]), key
     # the augmentation draws change with the epoch (they are not frozen at load time)
@@ -72,12 +72,12 @@ def test_resident_batches_equal_the_store_batches(store, mask: bool) -> None:
 def test_resident_items_and_memory(store) -> None:
     view = _view(store, mask=True, augment=None)
     resident = ResidentSlices(view)
-    assert item_bytes(view) == SIDE * SIDE * 3 + 4 + 8  # int16 HU + uint8 mask + float32 label + int64 index
+    assert item_bytes(view) == SIDE * SIDE * 2 + 4 + 8  # packed int16 HU+mask, float32 label, int64 index
     assert resident.nbytes == resident_bytes(view) == len(view) * item_bytes(view)
     for i in (0, 7, -1):
         a, b = view[i], resident[i]
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert resident.tensors["hu"].dtype == torch.int16 and resident.tensors["mask"].dtype == torch.uint8
+    assert resident.tensors["packed"].dtype == torch.int16 and "mask" not in resident.tensors
     with pytest.raises(IndexError):
         resident[len(view)]
 
@@ -112,4 +112,4 @@ def test_gpu_resident_and_pinned_batches_equal_the_store_batches(store) -> None:
         for e_epoch, g_epoch in zip(expected, got, strict=True):
             for e, g in zip(e_epoch, g_epoch, strict=True):
                 assert all(torch.equal(e[k], g[k].cpu()) for k in e)
-        assert resident.device.type == "cuda" or got[0][0]["hu"].is_pinned()
+        assert resident.device.type == "cuda" or got[0][0]["packed"].is_pinned()

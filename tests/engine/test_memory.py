@@ -75,3 +75,25 @@ def test_probe_counts_weights_gradients_adam_and_activations() -> None:
     peak2 = probe_peak_bytes(small, 2)
     peak16 = probe_peak_bytes(families.get("multitask_unet").build({"batch_size": 16}, spec), 16)
     assert states < peak2 < peak16
+
+
+@pytest.mark.parametrize("name", ["multitask_unet", "vgg16"])
+def test_probe_batch_is_at_the_models_own_input(name: str) -> None:
+    """The probe's synthetic batch has the model's own input size and context slices (CPU check of what
+    the GPU probe feeds): a batch at the run's size or without the context channels would not fit."""
+    from dvt_search import families
+    from dvt_search.data.device_transform import DeviceTransform
+    from dvt_search.data.spec import DataSpec
+    from dvt_search.engine.memory import synthetic_compact_batch
+
+    model = families.get(name).build(
+        {"batch_size": 2, "input_size": 64, "context_slices": 1}, DataSpec(image_size=128)
+    )
+    spec = model.spec
+    raw = synthetic_compact_batch(model, 2, torch.device("cpu"))
+    assert raw["hu"].shape == (2, 3, 64, 64)
+    finish = DeviceTransform(64, spec.windows, None, mask=model.uses_masks, centre=spec.context_slices)
+    image = finish(raw)["image"]
+    assert image.shape == (2, spec.in_channels, 64, 64)
+    with torch.no_grad():
+        model.module.eval()(image)

@@ -27,7 +27,7 @@ def test_training_view_ships_a_mask_only_to_families_that_use_it(name: str, tiny
     model = families.get(name).build({}, spec)
     view = model.training_view(train)
     assert isinstance(view, CompactSlices)
-    assert ("mask" in view[0]) == (name in NEEDS_MASK)
+    assert ("packed" in view[0]) == (name in NEEDS_MASK)
     batch = view.batch_transform({k: v[None] for k, v in view[0].items()})
     assert ("patches" in batch) == (name == "patch_resnet50")
     assert ("mask" in batch) == (name in NEEDS_MASK)

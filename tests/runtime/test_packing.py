@@ -19,7 +19,7 @@ from dvt_search.rundir import RunDir
 from dvt_search.rundir.config import BudgetConfig, DataConfig, ResourceConfig, RunConfig
 from dvt_search.runtime.capacity import from_launcher_config
 from dvt_search.runtime.options import RunError, SearchOptions, resolve_gpus
-from dvt_search.runtime.packing import GpuPlan, batch_sizes, measured_need, plan_gpus
+from dvt_search.runtime.packing import GpuPlan, batch_sizes, measured_need, plan_gpus, point_key, probe_points
 from dvt_search.runtime.setup import TrialContext
 from dvt_search.search.space import load_family_space, parse_space
 
@@ -70,9 +70,12 @@ def _ctx(tmp_path: Path, family: str) -> TrialContext:
     return TrialContext.derive(run, family, config, DataSpec(image_size=512).to_dict())
 
 
-def _record(run: RunDir, family: str, peaks_gib: dict[int, float]) -> None:
+def _record(
+    run: RunDir, family: str, peaks_gib: dict[int, float], channels: int = 5, size: int = 512
+) -> None:
+    """Probes as ``probe_on_gpu`` records them: at the space's largest context (2: 5 channels)."""
     probes = [
-        {"family": family, "batch_size": b, "image_size": 512, "in_channels": 1, "gpu_name": "NVIDIA H100 80GB HBM3",
+        {"family": family, "batch_size": b, "image_size": size, "in_channels": channels, "gpu_name": "NVIDIA H100 80GB HBM3",
          "gpu_bytes": H100, "peak_bytes": int(p * GIB), "steps": 3, "torch": "2.11"}
         for b, p in peaks_gib.items()
     ]  # fmt: skip
@@ -90,9 +93,15 @@ def test_plan_from_recorded_measurements_is_not_measured_again(tmp_path) -> None
     plan = plan_gpus(ctx, load_family_space(SPACES, "multitask_unet"), GPU_NODES)  # no Ray task: all known
     # per trial: peak x 1.15 + 0.75 GiB -> 3.51 / 4.09 / 5.93 / 11.1 GiB of 79.19: 22 (capped at 8) / 19
     # (8) / 13 (8) / 7 trials per GPU
-    assert plan is not None and plan.shares == {8: 0.125, 10: 0.125, 16: 0.125, 32: 0.1428}
-    assert GpuPlan.load(ctx.run, "multitask_unet", 4.0) == plan
-    assert measured_need(ctx.run, "multitask_unet", 32, 512, 1) == int(9.0 * GIB)
+    assert plan is not None and plan.shares == {
+        (8, 512): 0.125,
+        (10, 512): 0.125,
+        (16, 512): 0.125,
+        (32, 512): 0.1428,
+    }
+    assert GpuPlan.load(ctx.run, "multitask_unet", 4.0, ctx.spec) == plan
+    assert measured_need(ctx.run, "multitask_unet", 32, 512, 5) == int(9.0 * GIB)
+    assert measured_need(ctx.run, "multitask_unet", 32, 512, 1) == int(9.0 * GIB)  # fewer channels: bounded
     assert measured_need(ctx.run, "multitask_unet", 32, 256, 1) is None
 
 
@@ -131,3 +140,48 @@ def test_tune_reserves_each_trials_own_share(tmp_path) -> None:
     finally:
         ray.shutdown()
     assert got == [(8, 0.125), (32, 0.5)]
+
+
+def test_probes_run_at_the_input_each_trial_trains_at(tmp_path) -> None:
+    """A space with its own ``input_size`` choices is probed at each of them (not at the run's --size) and
+    at its largest context; a trial's share is the one of its batch size *and* input size."""
+    space = parse_space(
+        {
+            "family": "vgg16",
+            "params": {
+                "batch_size": {"type": "categorical", "choices": [8, 16]},
+                "input_size": {"type": "categorical", "choices": [128, 256]},
+                "context_slices": {"type": "categorical", "choices": [0, 1]},
+            },
+        },
+        family="vgg16",
+    )
+    points = probe_points(space)
+    assert {(p["batch_size"], p["input_size"], p["context_slices"]) for p in points} == {
+        (b, s, 1) for b in (8, 10, 16) for s in (None, 128, 256)
+    }
+    ctx = _ctx(tmp_path, "vgg16")
+    keys = {point_key("vgg16", p, ctx.spec) for p in points}
+    assert {(k[1], k[2], k[3]) for k in keys} == {(b, s, 3) for b in (8, 10, 16) for s in (512, 128, 256)}
+    probes = [
+        {"family": "vgg16", "batch_size": b, "image_size": s, "in_channels": 3, "gpu_bytes": H100,
+         "peak_bytes": int(b * s * s * 4800)}  # ~ activations x batch: 16 at 512^2 -> 20 GB
+        for _, b, s, _ in keys
+    ]  # fmt: skip
+    ctx.run.gpu_memory_file.write_text(json.dumps({"probes": probes}))
+    plan = plan_gpus(ctx, space, GPU_NODES)
+    assert plan is not None
+    small = plan.share({"batch_size": 16, "input_size": 128})
+    big = plan.share({"batch_size": 16})  # the run's 512^2
+    assert small == plan.shares[(16, 128)] < big == plan.shares[(16, 512)]
+    assert GpuPlan.load(ctx.run, "vgg16", 4.0, ctx.spec).share({"batch_size": 16, "input_size": 128}) == small
+
+
+def test_gpu_seconds_book_the_share_each_trial_reserved(tmp_path) -> None:
+    from dvt_search.runtime.callbacks import RecordsCallback
+
+    plan = GpuPlan("multitask_unet", 4.0, {8: 0.125, 32: 0.5})
+    kw = dict(budget=3, metric="val_auc", mode="max", cpus=4.0, gpus=1.0)
+    auto = RecordsCallback(tmp_path, "multitask_unet", **kw, gpu_plan=plan, workers=2)
+    assert auto.trial_gpus({"batch_size": 8}) == 0.25 and auto.trial_gpus({"batch_size": 32}) == 1.0
+    assert RecordsCallback(tmp_path, "multitask_unet", **kw).trial_gpus({"batch_size": 8}) == 1.0
