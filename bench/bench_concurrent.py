@@ -43,6 +43,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -70,26 +71,137 @@ def _spaces(directory: Path, cpu_epoch_s: float, gpu_epoch_s: float) -> Path:
     )
 
 
-def measure(run_dir: Path, wall_s: float) -> dict[str, Any]:
-    """Makespan and GPU-idle fraction of one finished search, from its trial records."""
+def _trial_pids(run: Any, family: str) -> dict[str, int]:
+    """Trial id -> pid of the process that ran it (Tune's per-trial ``result.json`` records ``pid``)."""
+    out = {}
+    for path in run.tune_dir(family).glob("trial_*/result.json"):
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        if lines:
+            out[path.parent.name.removeprefix("trial_")] = int(json.loads(lines[0])["pid"])
+    return out
+
+
+def _busy_seconds(spans: list[tuple[float, float]], lo: float, hi: float, gpus: int) -> float:
+    """GPU-seconds in ``[lo, hi]`` covered by trial spans (at most ``gpus`` at once)."""
+    edges = sorted({lo, hi, *(t for s in spans for t in s if lo < t < hi)})
+    total = 0.0
+    for a, b in zip(edges, edges[1:], strict=False):
+        mid = (a + b) / 2
+        total += min(gpus, sum(1 for s, e in spans if s <= mid < e)) * (b - a)
+    return total
+
+
+def idle_fractions(spans: list[tuple[float, float]], t0: float, t_end: float, gpus: int) -> dict[str, Any]:
+    """GPU idle over the search and split at the last GPU trial's start (see the module docstring)."""
+    last_start = max(s for s, _ in spans)
+    out = {}
+    for name, lo, hi in (("all", t0, t_end), ("waiting", t0, last_start), ("tail", last_start, t_end)):
+        width = hi - lo
+        busy = _busy_seconds(spans, lo, hi, gpus)
+        out[name] = {
+            "s": round(width, 1),
+            "idle": round(1.0 - busy / (gpus * width), 3) if width > 0 else 0.0,
+        }
+    return out
+
+
+def gpu_timeline(run: Any, gpu_nodes: list[str], tables: tuple[dict, dict] | None) -> dict[str, Any]:
+    """Per GPU node, each gap between one GPU trial's end and the next one's start, split into phases.
+
+    Phases (seconds): ``stop`` (record end -> the trial's process dead), ``handoff`` (dead -> the next
+    trial's placement group placed), ``process`` (placed -> the next process alive: worker start, imports,
+    Trainable set-up), ``notice`` (alive -> the record's start, set by the driver-side callback); a re-used
+    process has only ``reset`` (record end -> the next record's start).
+    """
+    if tables is None:
+        return {}
+    actors, groups = tables
+    rows = []
+    for fam in FAMILIES[1:]:
+        pids = _trial_pids(run, fam)
+        for rec in run.trials(fam):
+            pid = pids.get(rec.trial_id)
+            act = actors.get(pid) if pid else None
+            if act is None or rec.started_at is None or rec.ended_at is None:
+                continue
+            placed = groups.get(act["group"], {}).get("placed_at")
+            rows.append({"node": act["node"], "pid": pid, "start": rec.started_at, "end": rec.ended_at,
+                         "alive": act["alive_at"], "dead": act["dead_at"], "placed": placed})  # fmt: skip
+    phases: dict[str, list[float]] = {"stop": [], "handoff": [], "process": [], "notice": [], "reset": []}
+    gaps = []
+    for node in gpu_nodes:
+        mine = sorted((r for r in rows if r["node"] == node), key=lambda r: r["start"])
+        for prev, nxt in zip(mine, mine[1:], strict=False):
+            gaps.append(nxt["start"] - prev["end"])
+            if prev["pid"] == nxt["pid"]:
+                phases["reset"].append(nxt["start"] - prev["end"])
+                continue
+            for name, a, b in (
+                ("stop", prev["end"], prev["dead"]),
+                ("handoff", prev["dead"], nxt["placed"]),
+                ("process", nxt["placed"], nxt["alive"]),
+                ("notice", nxt["alive"], nxt["start"]),
+            ):
+                if a is not None and b is not None:
+                    phases[name].append(b - a)
+    mean = {k: round(statistics.mean(v), 2) for k, v in phases.items() if v}
+    return {"gaps": len(gaps), "mean_gap_s": round(statistics.mean(gaps), 2) if gaps else None,
+            "mean_phase_s": mean}  # fmt: skip
+
+
+def measure(run_dir: Path, wall_s: float, gpu_nodes: list[str] | None = None,
+            tables: tuple[dict, dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Makespan and GPU-idle fractions of one finished search, from its trial records."""
     from dvt_search.rundir import RunDir
 
     run = RunDir(run_dir)
     records = run.trials()
     starts = [r.started_at for r in records if r.started_at is not None]
     ends = [r.ended_at for r in records if r.ended_at is not None]
-    span = max(ends) - min(starts)
+    t0, t_end = min(starts), max(ends)
     # Per trial the GPUs it reserved: the run records how each family's trials were run.
     gpus = {"scripted": 0.0, "scripted_gpu": 1.0, "scripted_gpu_b": 1.0}
-    gpu_s = sum((r.ended_at - r.started_at) * gpus[r.family] for r in records if r.started_at and r.ended_at)
+    spans = [(r.started_at, r.ended_at) for r in records if gpus[r.family] and r.started_at and r.ended_at]
+    idle = idle_fractions(spans, t0, t_end, GPUS)
     return {
         "trials": {f: len(run.trials(f)) for f in FAMILIES},
         "finished": sorted(run.read_info().state.finished_families),
-        "makespan_s": round(span, 1),
+        "makespan_s": round(t_end - t0, 1),
         "driver_wall_s": round(wall_s, 1),
-        "gpu_seconds_reserved": round(gpu_s, 1),
-        "gpu_idle_fraction": round(1.0 - gpu_s / (GPUS * span), 3),
+        "gpu_seconds_reserved": round(sum(e - s for s, e in spans), 1),
+        "gpu_idle_fraction": idle["all"]["idle"],
+        "gpu_idle_while_waiting": idle["waiting"]["idle"],
+        "gpu_idle_tail": idle["tail"]["idle"],
+        "windows_s": {k: v["s"] for k, v in idle.items()},
+        "gpu_gaps": gpu_timeline(run, gpu_nodes or [], tables),
     }
+
+
+def _gcs_tables() -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every actor process and placement group Ray's GCS knows (no dashboard needed).
+
+    Actors by pid: ``node`` (hex id), ``alive_at`` / ``dead_at`` (s since the epoch), ``group`` (hex id of
+    its placement group). Groups by hex id: ``placed_at`` (its last bundle placed: its resources reserved).
+    """
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    accessor = state._connect_and_get_accessor()
+    actors = {}
+    for blob in accessor.get_actor_table(None, None):
+        a = gcs_pb2.ActorTableData.FromString(blob)
+        actors[int(a.pid)] = {
+            "node": a.address.node_id.hex(),
+            "alive_at": a.start_time / 1000.0 if a.start_time else None,
+            "dead_at": a.end_time / 1000.0 if a.end_time else None,
+            "group": a.placement_group_id.hex(),
+        }
+    groups = {}
+    for blob in accessor.get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(blob)
+        placed = pg.placement_group_final_bundle_placement_timestamp_ms
+        groups[pg.placement_group_id.hex()] = {"placed_at": placed / 1000.0 if placed else None}
+    return actors, groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--gpu-epoch-s", type=float, default=3.0, help="seconds per epoch, GPU families (default 3)"
+    )
+    ap.add_argument(
+        "--modes", default="concurrent,sequential", help="which searches, in order (default both)"
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -119,16 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     manifest = generate(out / "data", patients=6, seed=0, size=64, slices_per_scan=6, preset="easy")
     spaces = _spaces(out / "spaces", args.cpu_epoch_s, args.gpu_epoch_s)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    for _ in range(GPUS):
-        cluster.add_node(num_cpus=2, num_gpus=1)
+    gpu_nodes = [cluster.add_node(num_cpus=2, num_gpus=1).node_id for _ in range(GPUS)]
     cluster.add_node(num_cpus=4)
     ray.init(address=cluster.address, logging_level="WARNING")
     figures: dict[str, Any] = {
         "cluster": "CPU:0 head + 2 x {CPU: 2, GPU: 1} + 1 x {CPU: 4}",
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     try:
-        for mode in ("concurrent", "sequential"):
+        for mode in args.modes.split(","):
             opts = SearchOptions(
                 manifest=manifest, storage=out / "runs", name=mode, families=[",".join(FAMILIES)],
                 trials=args.trials, max_epochs=args.epochs, size=32, space_dir=spaces,
@@ -138,14 +252,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 run_search(opts)
-            figures[mode] = measure(out / "runs" / mode, time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+            time.sleep(2.0)  # the GCS records the last processes' deaths
+            figures[mode] = measure(out / "runs" / mode, wall, gpu_nodes, _gcs_tables())
             print(mode, json.dumps(figures[mode]), flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
-    figures["speedup_makespan"] = round(
-        figures["sequential"]["makespan_s"] / figures["concurrent"]["makespan_s"], 2
-    )
+    if "sequential" in figures and "concurrent" in figures:
+        figures["speedup_makespan"] = round(
+            figures["sequential"]["makespan_s"] / figures["concurrent"]["makespan_s"], 2
+        )
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
