@@ -54,6 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 SUPPORT = REPO / "tests" / "support"
 FAMILIES = ("scripted", "scripted_gpu", "scripted_gpu_b")
 GPUS = 2
+#: concurrent / sequential: every family, at once or in turn; fixed: one-worker CPU trials one at a time
+#: (the fixed cost per trial); ``-fresh``: the same with a new process per trial (``--no-reuse-actors``).
+MODES = ("concurrent", "concurrent-fresh", "sequential", "sequential-fresh", "fixed", "fixed-fresh")
 
 
 def _spaces(directory: Path, cpu_epoch_s: float, gpu_epoch_s: float) -> Path:
@@ -177,6 +180,33 @@ def measure(run_dir: Path, wall_s: float, gpu_nodes: list[str] | None = None,
     }
 
 
+def fixed_cost(run_dir: Path, epoch_s: float) -> dict[str, Any]:
+    """Fixed cost per trial of a one-at-a-time search: what each trial adds beyond its own training.
+
+    Trials run one after another on one CPU slot, so trial ``i`` costs ``end_i - end_{i-1}`` of the search's
+    time, of which ``epochs_i x epoch_s`` is its training (the plug-in sleeps exactly that): the rest is
+    the fixed cost (process start and imports, or the re-used process's reset; set-up in the trial;
+    reporting; the driver's turn-around). The first trial is left out (its start has no previous end).
+    ``in_record_s``: the same from the record alone (``ended_at - started_at - training``: what the trial
+    record sees; its ``started_at`` is set when the trial's process is already alive).
+    """
+    from dvt_search.rundir import RunDir
+
+    run = RunDir(run_dir)
+    recs = sorted(run.trials("scripted"), key=lambda r: r.ended_at or 0.0)
+    pids = _trial_pids(run, "scripted")
+    per = [b.ended_at - a.ended_at - b.epochs * epoch_s for a, b in zip(recs, recs[1:], strict=False)]
+    inside = [r.ended_at - r.started_at - r.epochs * epoch_s for r in recs[1:]]
+    return {
+        "trials": len(recs),
+        "processes": len({pids.get(r.trial_id) for r in recs}),
+        "training_s": [r.epochs * epoch_s for r in recs],
+        "fixed_cost_per_trial_s": round(statistics.mean(per), 2) if per else None,
+        "fixed_cost_each_s": [round(x, 2) for x in per],
+        "in_record_s": round(statistics.mean(inside), 2),
+    }
+
+
 def _gcs_tables() -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Every actor process and placement group Ray's GCS knows (no dashboard needed).
 
@@ -215,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-epoch-s", type=float, default=3.0, help="seconds per epoch, GPU families (default 3)"
     )
     ap.add_argument(
-        "--modes", default="concurrent,sequential", help="which searches, in order (default both)"
+        "--modes",
+        default="concurrent,sequential",
+        help=f"which searches, in order, comma-separated, of {', '.join(MODES)} (default "
+        "concurrent,sequential)",
+    )
+    ap.add_argument(
+        "--fixed-trials", type=int, default=5, help="trials of the fixed-cost searches (default 5)"
     )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
@@ -243,18 +279,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for mode in args.modes.split(","):
+            if mode not in MODES:
+                raise SystemExit(f"--modes: unknown mode {mode!r}; expected some of {', '.join(MODES)}")
+            fixed = mode.startswith("fixed")
             opts = SearchOptions(
-                manifest=manifest, storage=out / "runs", name=mode, families=[",".join(FAMILIES)],
-                trials=args.trials, max_epochs=args.epochs, size=32, space_dir=spaces,
+                manifest=manifest, storage=out / "runs", name=mode, size=32, space_dir=spaces,
+                families=["scripted"] if fixed else [",".join(FAMILIES)],
+                trials=args.fixed_trials if fixed else args.trials, max_epochs=args.epochs,
+                scheduler="fifo" if fixed else "asha", max_concurrent=1 if fixed else None,
                 plugins=["dvt_test_plugins"], cpus_per_trial=1.0, gpus_per_trial=1.0, reduction_factor=2.0,
                 include_dashboard=False, progress_every_s=1e9, families_sequential=(mode == "sequential"),
+                reuse_actors=not mode.endswith("-fresh"),
             )  # fmt: skip
             t0 = time.perf_counter()
             with contextlib.redirect_stdout(io.StringIO()):
                 run_search(opts)
             wall = time.perf_counter() - t0
             time.sleep(2.0)  # the GCS records the last processes' deaths
-            figures[mode] = measure(out / "runs" / mode, wall, gpu_nodes, _gcs_tables())
+            if fixed:
+                figures[mode] = fixed_cost(out / "runs" / mode, args.cpu_epoch_s)
+            else:
+                figures[mode] = measure(out / "runs" / mode, wall, gpu_nodes, _gcs_tables())
             print(mode, json.dumps(figures[mode]), flush=True)
     finally:
         ray.shutdown()
