@@ -71,9 +71,11 @@ EPOCH_KEY = "epoch"
 EpochSink = Callable[[dict[str, float], Model], None]
 
 #: Seconds Tune waits for a stopped trial's thread before it gives the process to the next trial
-#: (``TUNE_FUNCTION_THREAD_TIMEOUT_S``, read by ``FunctionTrainable.reset_config`` in this process; Ray's
-#: default of 2 s fails the next trial when the stopped one is slow to unwind, e.g. loader workers ending).
-REUSE_WAIT_S = 60
+#: (``TUNE_FUNCTION_THREAD_TIMEOUT_S``, read by ``FunctionTrainable.reset_config`` in this process). Ray's
+#: default of 2 s is too short for a trial slow to unwind (loader workers ending, a slow disk), and when it
+#: runs out Ray 2.60 sets the next trial ERROR without telling the searcher: a ``ConcurrencyLimiter`` at
+#: its cap then waits for it forever (found by ``tests/runtime/test_actor_reuse.py``).
+REUSE_WAIT_S = 300
 
 
 def _fresh_process_state() -> None:

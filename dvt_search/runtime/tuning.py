@@ -17,8 +17,9 @@ next one (placement group placed -> process alive), most of the GPU idle of a co
 with the trials' own checkpoints: a trial that Tune stops (ASHA) is blocked inside its ``ray.tune.report``
 (synchronous reporting), Tune's reset ends that thread at once (``SystemExit`` out of the report) and the
 next trial reads its own trial id and checkpoint store. Tune gives the old thread
-``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) and fails the next trial if it is still alive: every trial raises
-that to :data:`~.trainable.REUSE_WAIT_S` in its process. A failed trial's process is never re-used (Tune
+``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) and fails the next trial if it is still alive (in Ray 2.60 without
+telling the searcher, so a search at its concurrency cap hangs): every trial raises that wait to
+:data:`~.trainable.REUSE_WAIT_S` in its process. A failed trial's process is never re-used (Tune
 drops it); a retried trial starts from its store's latest checkpoint as before. ``ray-train`` trials get a
 fresh process each (a stopped Train run is cut where it stands, see :class:`~.callbacks.TrainGroupReaper`).
 A resumed experiment gets this session's setting (:func:`set_reuse`), as it gets its concurrency.
