@@ -9,31 +9,41 @@ asserted):
   family (SIFT's place: longer trials, no GPU) and two GPU families ``scripted_gpu`` / ``scripted_gpu_b``
   (1 CPU + 1 GPU per trial); every trial sleeps ``epoch_s`` per epoch, ASHA stops the weaker ones;
 * makespan: first trial start to last trial end, from the trial records (``started_at`` / ``ended_at``);
-* GPU idle fraction: ``1 - GPU-seconds reserved by trials / (GPUs x the time while trials remain)``, the
-  GPU-seconds being each GPU trial's span in its record times its GPUs.
+  a record's ``started_at`` is set by the driver-side callback when Tune reports the trial started, i.e.
+  once the trial's process is alive (worker started, torch and Ray Tune imported, Trainable set up), not
+  when its resources were reserved;
+* GPU idle fraction: ``1 - GPU-seconds in GPU trials' record spans / (GPUs x window)``, at most ``GPUS``
+  trials counted at once, in three windows: ``all`` (first trial start to last trial end: while some
+  trial of any family is not finished), ``waiting`` (first trial start to the last GPU trial's start:
+  while some GPU trial is still to start, the idle scheduling can remove) and ``tail`` (the last GPU
+  trial's start to the end: nothing left to start, the ASHA tail of the last trials);
+* per-GPU gaps (``gpu_gaps``): on each GPU node, every gap between one GPU trial's record end and the
+  next one's start, split by the GCS's actor and placement-group tables (:func:`gpu_timeline`);
+* ``-fresh`` modes: the same search with ``--no-reuse-actors`` (a new process per trial, as before);
+* ``fixed`` / ``fixed-fresh``: the fixed cost per one-worker CPU trial (:func:`fixed_cost`).
 
-    PYTHONPATH=$PWD .venv/bin/python bench/bench_concurrent.py [--trials 4] [--epochs 2] [--json OUT]
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_concurrent.py [--trials 4] [--epochs 2]
+        [--modes concurrent,concurrent-fresh,sequential,fixed,fixed-fresh] [--json OUT]
 
 About 7-10 minutes on 2 shared cores (defaults), longer under load.
 
-Measured (2 shared cores, load average 20-30 from other work; ``--cpu-epoch-s 20 --gpu-epoch-s 10``, 4
-trials x 2 epochs per family, one run, side by side):
+Where the GPU idle was (before actor re-use; ``--trials 3 --epochs 2 --cpu-epoch-s 8 --gpu-epoch-s 4
+--modes concurrent``, load average 5-9 from other work): the gaps between GPU trials averaged 12.8 s, of
+which 12.2 s were ``process`` (placement group placed -> the next trial's process alive: a new worker
+importing torch and Ray Tune, ~11-13 s under that load: ``python -X importtime -c "import
+dvt_search.runtime.trainable"``), 0.5 s ``handoff`` (process dead -> next group placed), 0.06 s ``stop``
+and 0.01 s ``notice``. The idle run of the first figures (``--cpu-epoch-s 20 --gpu-epoch-s 10``, below)
+had six such gaps of 5.7-6.9 s each (36 of its 38 idle GPU-seconds), 21.7% idle while GPU trials were
+still to start and 4.8% in the tail. So the idle was trial start-up, not scheduling: Tune already keeps
+the next trials PENDING with their placement groups requested (``TUNE_MAX_PENDING_TRIALS_PG`` is the
+limiter's ``max_concurrent`` for a searcher under a ``ConcurrencyLimiter``; the GPU families' caps are
+the whole cluster each, so no cap left a GPU free), but a process cannot start before its group holds
+the GPU. The cut: a ``direct`` trial's process runs the family's next trial (Tune's ``reuse_actors``,
+:mod:`dvt_search.runtime.tuning`): a same-family gap is then a ``reset`` of 0.03 s. What remains is one
+process start per GPU where the GPU passes from one family to another (a Tune actor belongs to one
+experiment), and the tail.
 
-    mode        makespan  GPU idle (while trials remain)
-    concurrent   164.9 s   19.0 %
-    sequential   218.3 s   48.9 %     -> 1.32x shorter concurrent
-
-Same command on an idle machine (2 cores, nothing else running):
-
-    concurrent    98.5 s   19.5 %
-    sequential   166.2 s   50.1 %     -> 1.69x shorter concurrent
-
-With the defaults (``--cpu-epoch-s 6 --gpu-epoch-s 3``) the host is the bottleneck: each trial's fixed
-cost (a new process, imports) is CPU work on the 2 real cores behind the simulated 8, and starting many
-trials at once stretches every one of them (trial spans 50-78 s concurrent vs 25-47 s sequential); that
-run measured 312 s concurrent (23% GPU idle) and was stopped in its sequential half. The issue's goals
-(>= 1.5x, GPU idle <= 10%) were not reached on this host; the idle that remains is the gap between one
-GPU trial's end and the next one's start (a new trial process), and the last family's ASHA tail.
+FIGURES_PLACEHOLDER
 """
 
 from __future__ import annotations

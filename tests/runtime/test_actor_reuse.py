@@ -98,3 +98,14 @@ def test_one_process_runs_the_familys_trials_each_as_its_own(ray_2_cpus, phantom
     pids = _pids(run, "scripted")
     assert set(pids) == {r.trial_id for r in recs}
     assert len(set(pids.values())) == 1, pids
+    # --resume: Tuner.restore brings back the first run's pickled TuneConfig (re-use on); this session's
+    # --no-reuse-actors replaces it on the very object Tuner.fit() hands to Tune.
+    from ray import tune
+
+    from dvt_search.runtime.tuning import family_trainable, restored_tune_config, set_reuse
+
+    trainable = family_trainable("scripted", TrialNeeds(budget=3))
+    tuner = tune.Tuner.restore(str(run.tune_dir("scripted")), trainable=trainable)
+    assert restored_tune_config(tuner).reuse_actors is True
+    set_reuse(tuner, False)
+    assert tuner._local_tuner._tune_config.reuse_actors is False
