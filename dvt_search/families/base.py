@@ -165,8 +165,11 @@ class TrialNeeds:
         workers: training processes of one trial (``ray-train`` only; 1 otherwise).
         cpus: CPUs of each training process.
         gpus: GPUs of each training process (fractions pack trials onto one device).
-        reuse_actors: whether consecutive trials may share one process (cheap for one-shot trials; a
-            stopped epoch-budget trial can leave its process busy until its next report).
+        reuse_actors: whether consecutive trials of the family may run in one process, one after another
+            (no new process, imports and dataset opening per trial; the GPU or CPUs stay with the family
+            between them). Safe for ``direct`` trials: a trial the scheduler stops is blocked in its
+            report, so its thread ends at once. Not for ``ray-train`` trials (a stopped trial's Train run
+            would be cut inside the process the next trial gets).
     """
 
     budget: int
@@ -174,7 +177,7 @@ class TrialNeeds:
     workers: int = 1
     cpus: float = 1.0
     gpus: float = 0.0
-    reuse_actors: bool = False
+    reuse_actors: bool = True
 
     @property
     def total_cpus(self) -> float:
@@ -229,7 +232,7 @@ class Family(ABC):
     kind: ClassVar[str] = ""
     description: ClassVar[str] = ""
     #: Whether the family trains epoch by epoch (an epoch budget the scheduler can stop early, checkpoints
-    #: every epoch, a fresh process per trial) rather than in one shot.
+    #: every epoch) rather than in one shot.
     trains_by_epoch: ClassVar[bool] = False
     #: Checkpoint files of this family's models needed only to resume training (``Model.training_only_files``;
     #: left out of the run records' checkpoint copies and of exports).
@@ -245,8 +248,8 @@ class Family(ABC):
     ) -> TrialNeeds:
         """The runtime's settings for one trial, given the run's resource options.
 
-        The default runs one CPU process per trial: one "epoch" and re-usable actors for a one-shot family
-        (the SIFT baseline), the run's epoch budget and fresh actors when ``trains_by_epoch``.
+        The default runs one CPU process per trial, re-used by the family's next trial: one "epoch" for a
+        one-shot family (the SIFT baseline), the run's epoch budget when ``trains_by_epoch``.
         Accelerator-capable families (:class:`~dvt_search.families.torch_family.TorchFamily`) override it.
 
         Args:
@@ -263,7 +266,7 @@ class Family(ABC):
             workers=1,
             cpus=float(cpus),
             gpus=0.0,
-            reuse_actors=not by_epoch,
+            reuse_actors=True,
         )
 
     #: Whether the family fills a cache shared by its trials before its search (see :meth:`warm_cache`).

@@ -371,14 +371,14 @@ class TorchFamily(Family):
     def trial_needs(
         cls, *, max_epochs: int, cpus: float, gpus: float, train_workers: int, trainer: str
     ) -> TrialNeeds:
-        """Epoch-budget trials on the engine: ``direct`` or Ray Train DDP, GPUs as asked, fresh actors."""
+        """Epoch-budget trials on the engine: ``direct`` (process re-used) or Ray Train DDP, GPUs as asked."""
         return TrialNeeds(
             budget=int(max_epochs),
             trainer=trainer,
             workers=int(train_workers),
             cpus=float(cpus),
             gpus=float(gpus),
-            reuse_actors=False,
+            reuse_actors=trainer == "direct",
         )
 
     @classmethod

@@ -244,6 +244,13 @@ def register(subparsers: Any) -> None:
         help="search the families one after another (default: every family's study at once, each with its "
         "own trials, ASHA and sampler, sharing the cluster)",
     )
+    p.add_argument(
+        "--no-reuse-actors",
+        dest="reuse_actors",
+        action="store_false",
+        help="start a fresh process for every trial (default: a direct trial's process, with its CPUs/GPU, "
+        "runs the family's next trial: no process start, imports or dataset opening in between)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
     p.add_argument(
         "--space-dir", type=Path, default=Path("search_spaces"), help="search-space YAML directory"

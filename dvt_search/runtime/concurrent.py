@@ -78,7 +78,12 @@ class FamilySearch:
         return os.getpid()
 
     def search(
-        self, ref: Mapping[str, Any], max_concurrent: int, progress_every_s: float, warm_cpus: float
+        self,
+        ref: Mapping[str, Any],
+        max_concurrent: int,
+        progress_every_s: float,
+        warm_cpus: float,
+        reuse_actors: bool = True,
     ) -> str:
         """Pre-warm the family's shared cache when it has one, then run its Tune experiment to the end."""
         from dvt_search.search.space import load_snapshot
@@ -90,9 +95,10 @@ class FamilySearch:
         space = load_snapshot(ctx.run.space_file(ctx.family), ctx.family)
         if warm_cpus > 0 and families.get(ctx.family).warms_shared_cache:
             prewarm(ctx, space, warm_cpus)
-        run_family(
-            space, ctx, SessionSettings(max_concurrent=max_concurrent, progress_every_s=progress_every_s)
+        session = SessionSettings(
+            max_concurrent=max_concurrent, progress_every_s=progress_every_s, reuse_actors=reuse_actors
         )
+        run_family(space, ctx, session)
         return ctx.family
 
 
@@ -139,6 +145,7 @@ def search_concurrently(
     finished: set[str],
     progress_every_s: float,
     warm_cpus: float,
+    reuse_actors: bool = True,
 ) -> list[str]:
     """Search the families ``todo`` at once; returns those whose search ended with every trial ended.
 
@@ -152,6 +159,7 @@ def search_concurrently(
         finished: families finished before this session.
         progress_every_s: at least one progress line this often.
         warm_cpus: threads of a family's shared-cache pre-warm (0: no pre-warm).
+        reuse_actors: whether a family's trial processes may run its next trials (:mod:`.tuning`).
 
     Raises:
         RunError: a family's search failed (the others ran to their end), or the driver was interrupted
@@ -167,7 +175,8 @@ def search_concurrently(
     pending = {}
     for fam in todo:
         ref = TrialContext.derive(run, fam, config, spec).ref()
-        pending[actors[fam].search.remote(ref, int(caps[fam]), progress_every_s, warm_cpus)] = fam
+        task = actors[fam].search.remote(ref, int(caps[fam]), progress_every_s, warm_cpus, reuse_actors)
+        pending[task] = fam
     progress = _Progress(run, shown, config, progress_every_s, set(finished))
     done, failed = [], {}
     try:

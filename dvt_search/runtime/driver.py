@@ -122,10 +122,11 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         print(f"searching {len(todo)} families at once: {', '.join(todo)}", flush=True)
         search_concurrently(
             rd, cfg, spec, todo, caps, shown=fams, finished=finished,
-            progress_every_s=opts.progress_every_s, warm_cpus=warm_cpus,
+            progress_every_s=opts.progress_every_s, warm_cpus=warm_cpus, reuse_actors=opts.reuse_actors,
         )  # fmt: skip
     else:
-        _search_in_turn(rd, cfg, spec, todo, caps, spaces, opts.progress_every_s, warm_cpus)
+        session = SessionSettings(progress_every_s=opts.progress_every_s, reuse_actors=opts.reuse_actors)
+        _search_in_turn(rd, cfg, spec, todo, caps, spaces, session, warm_cpus)
     best = best_trials(rd, fams, cfg.metric)
     for fam, rec in best.items():
         if rec is None:
@@ -145,7 +146,7 @@ def _search_in_turn(
     todo: list[str],
     caps: dict[str, int],
     spaces: dict[str, Any],
-    progress_every_s: float,
+    session: SessionSettings,
     warm_cpus: float,
 ) -> None:
     """The families one after another, each in this process (``--families-sequential``, or one family)."""
@@ -157,9 +158,7 @@ def _search_in_turn(
                 prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], warm_cpus)
     for fam in todo:
         ctx = TrialContext.derive(rd, fam, cfg, spec)
-        run_family(
-            spaces[fam], ctx, SessionSettings(max_concurrent=caps[fam], progress_every_s=progress_every_s)
-        )
+        run_family(spaces[fam], ctx, dataclasses.replace(session, max_concurrent=caps[fam]))
         if family_done(rd, fam, cfg.budget.trials_for(fam)):
             mark_finished(rd, fam)
         else:  # Ctrl-C: Tune saved its state and returned early

@@ -105,7 +105,7 @@ class SearchOptions:
     budget (per-family overrides, :func:`parse_budget`), splits, size, windows, augment, resources,
     scheduler, sampler, failures, checkpoints, seed, sift_cache, plugins. Session fields (never saved): storage, name, resume, address, max_concurrent,
     space_dir (read once, then snapshotted), dashboard_host, include_dashboard, progress_every_s,
-    autoscaling_config, families_sequential.
+    autoscaling_config, families_sequential, reuse_actors.
     """
 
     manifest: Path
@@ -146,6 +146,7 @@ class SearchOptions:
     progress_every_s: float = 30.0
     autoscaling_config: Path | None = None
     families_sequential: bool = False
+    reuse_actors: bool = True
 
 
 def resolve_families(spec: list[str]) -> list[str]:

@@ -29,13 +29,19 @@ share and measured need (:mod:`.failures`). Under ``--gpus-per-trial auto`` a tr
 the driver measured for its batch size (:mod:`.packing`); resident data (``--resident-budget-gb``) is
 said in the trial's log.
 
+A ``direct`` trial's process may run the family's next trial too (Tune's actor re-use, see
+:mod:`.tuning`): each trial first frees what the one before left (:func:`_fresh_process_state`) and
+raises Tune's wait for the previous trial's thread (:data:`REUSE_WAIT_S`).
+
 A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
 driver killed before Tune's next experiment snapshot restores it as unfinished.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +69,26 @@ log = logging.getLogger(__name__)
 EPOCH_KEY = "epoch"
 
 EpochSink = Callable[[dict[str, float], Model], None]
+
+#: Seconds Tune waits for a stopped trial's thread before it gives the process to the next trial
+#: (``TUNE_FUNCTION_THREAD_TIMEOUT_S``, read by ``FunctionTrainable.reset_config`` in this process). Ray's
+#: default of 2 s is too short for a trial slow to unwind (loader workers ending, a slow disk), and when it
+#: runs out Ray 2.60 sets the next trial ERROR without telling the searcher: a ``ConcurrencyLimiter`` at
+#: its cap then waits for it forever (found by ``tests/runtime/test_actor_reuse.py``).
+REUSE_WAIT_S = 300
+
+
+def _fresh_process_state() -> None:
+    """Prepare this process for a trial, also when an earlier trial of the family ran in it (re-use).
+
+    The stopped trial's model and optimizer are unreachable once its thread ended, but may sit in reference
+    cycles: collected here, and the CUDA cache they held is handed back to the device (a re-used process
+    keeps its GPU share; what the next trial allocates is its own).
+    """
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(REUSE_WAIT_S))
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _limit_threads(cpus: float) -> None:
@@ -185,6 +211,7 @@ def run_trial(config: dict[str, Any]) -> None:
             rec = ctx.run.read_trial(ctx.family, trial_id)
             _report_fatal(OOM_ERROR_KEY, message, ref, rec.epochs if rec is not None else 0)
         return
+    _fresh_process_state()
     _limit_threads(ctx.needs.cpus)
     epochs = trial_logger()
     _show_resident_log(epochs)

@@ -8,10 +8,21 @@ paper configuration, enqueued first by the searcher) is never stopped early (:cl
 is the comparator of "search vs the paper's hand-tuning", so it always runs its full budget (its results
 still enter the rungs, as every trial's do).
 
-Actor reuse: one-shot trials re-use their Tune actor (no new process, imports and dataset opening per
-trial: seconds each on small CPUs). Epoch-budget trials get a fresh actor each: when Tune stops a trial
-mid-epoch its training thread runs on until the next report, Tune gives a re-used actor 2 s to become
-free and fails the *next* trial when it is not.
+Actor reuse (``TrialNeeds.reuse_actors``: every ``direct`` trial; ``--no-reuse-actors`` turns it off for
+a session): a trial's process, with its placement group, runs the family's next trial (Tune's
+``reuse_actors``) instead of ending, so the next trial needs no new process, no imports (torch and Ray Tune:
+seconds each on small CPUs) and no dataset opening, and its GPU never sits idle between the two. Measured
+by ``bench/bench_concurrent.py``: a fresh process per trial left each GPU idle for the whole start of the
+next one (placement group placed -> process alive), most of the GPU idle of a concurrent search. It is safe
+with the trials' own checkpoints: a trial that Tune stops (ASHA) is blocked inside its ``ray.tune.report``
+(synchronous reporting), Tune's reset ends that thread at once (``SystemExit`` out of the report) and the
+next trial reads its own trial id and checkpoint store. Tune gives the old thread
+``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (2 s) and fails the next trial if it is still alive (in Ray 2.60 without
+telling the searcher, so a search at its concurrency cap hangs): every trial raises that wait to
+:data:`~.trainable.REUSE_WAIT_S` in its process. A failed trial's process is never re-used (Tune
+drops it); a retried trial starts from its store's latest checkpoint as before. ``ray-train`` trials get a
+fresh process each (a stopped Train run is cut where it stands, see :class:`~.callbacks.TrainGroupReaper`).
+A resumed experiment gets this session's setting (:func:`set_reuse`), as it gets its concurrency.
 
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
@@ -55,6 +66,7 @@ class SessionSettings:
 
     max_concurrent: int = 1
     progress_every_s: float = 30.0
+    reuse_actors: bool = True  # False: a fresh process per trial even where the family allows re-use
 
 
 def trial_resources(needs: TrialNeeds) -> dict[str, float]:
@@ -155,15 +167,26 @@ def _restore(
         return restore(LEGACY_TRAINABLE)
 
 
-def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
-    """The ``ConcurrencyLimiter`` a restored Tuner unpickled from the first run's ``tuner.pkl``.
+def restored_tune_config(tuner: tune.Tuner) -> tune.TuneConfig:
+    """The ``TuneConfig`` a restored Tuner unpickled from the first run's ``tuner.pkl``.
 
-    Ray 2.60's ``Tuner.restore`` takes no ``TuneConfig``: the search algorithm comes back as pickled at the
-    first start, with that run's ``max_concurrent``. There is no public accessor, so this reaches into the
-    Tuner (``_local_tuner._tune_config.search_alg``) and fails loudly if a Ray upgrade moved it.
+    Ray 2.60's ``Tuner.restore`` takes no ``TuneConfig``: the search algorithm (with that run's
+    ``max_concurrent``) and ``reuse_actors`` come back as pickled at the first start. There is no public
+    accessor, so this reaches into the Tuner (``_local_tuner._tune_config``) and fails loudly if a Ray
+    upgrade moved it.
     """
-    internal = getattr(tuner, "_local_tuner", None)
-    limiter = getattr(getattr(internal, "_tune_config", None), "search_alg", None)
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if not isinstance(config, tune.TuneConfig):
+        raise RuntimeError(
+            "cannot reach the restored Tune experiment's TuneConfig (Tuner internals changed in this Ray "
+            f"version, {type(config).__name__} found): resume would keep the first run's settings"
+        )
+    return config
+
+
+def restored_limiter(tuner: tune.Tuner) -> ConcurrencyLimiter:
+    """The ``ConcurrencyLimiter`` of a restored Tuner (see :func:`restored_tune_config`)."""
+    limiter = restored_tune_config(tuner).search_alg
     if not isinstance(limiter, ConcurrencyLimiter):
         raise RuntimeError(
             "cannot reach the restored Tune experiment's ConcurrencyLimiter (Tuner internals changed in "
@@ -181,6 +204,16 @@ def set_concurrency(tuner: tune.Tuner, max_concurrent: int) -> None:
         log.info(
             "concurrency of the resumed experiment: %d (the first run had %d)", limiter.max_concurrent, before
         )
+
+
+def set_reuse(tuner: tune.Tuner, reuse_actors: bool) -> None:
+    """Make a restored experiment re-use (or not) its trials' processes (this session's value)."""
+    restored_tune_config(tuner).reuse_actors = bool(reuse_actors)
+
+
+def reuses_actors(needs: TrialNeeds, session: SessionSettings) -> bool:
+    """Whether the family's consecutive trials share a process (the family allows it and the session too)."""
+    return bool(needs.reuse_actors and session.reuse_actors)
 
 
 def run_family(
@@ -203,6 +236,7 @@ def run_family(
         log.info("%s: resuming the Tune experiment in %s", family, exp_path)
         tuner = _restore(str(exp_path), family, needs, param_space, gpus)
         set_concurrency(tuner, session.max_concurrent)
+        set_reuse(tuner, reuses_actors(needs, session))
     else:
         searcher = OptunaStudySearcher(
             space,
@@ -247,7 +281,7 @@ def run_family(
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(1, session.max_concurrent)),
                 scheduler=_scheduler(cfg.scheduler, ctx.budget),
                 num_samples=trials,
-                reuse_actors=needs.reuse_actors,
+                reuse_actors=reuses_actors(needs, session),
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(

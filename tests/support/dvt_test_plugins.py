@@ -10,7 +10,8 @@
 * ``tiny_cnn_oom``: ``tiny_cnn`` whose training forward raises ``torch.OutOfMemoryError`` after
   ``oom_after_epochs`` epochs (0: in its first step).
 * ``scripted``: no training at all; reports ``val_auc = quality * (1 - 0.5 ** epoch)`` after sleeping
-  ``epoch_s`` per epoch, so schedulers face a known ranking at every rung.
+  ``epoch_s`` per epoch, so schedulers face a known ranking at every rung; a trial ended inside a report
+  (stopped) sleeps ``unwind_s`` before its thread ends (a slow clean-up).
 * ``scripted_gpu`` (and ``scripted_gpu_b``, a second one): ``scripted`` whose trials reserve ``--gpus-per-trial`` GPUs (no GPU is touched: the
   GPUs of a simulated cluster are fake resources).
 """
@@ -197,14 +198,18 @@ class ScriptedModel(Model):
     def fit(self, data: FitData, epochs: int, callback: Any = None, **kwargs: Any) -> list[EpochReport]:
         log_attempt(self.params.get("state_dir"), self.epochs_done)
         out = []
-        for epoch in range(self.epochs_done + 1, epochs + 1):
-            time.sleep(float(self.params["epoch_s"]))
-            report = EpochReport(epoch, {"val_auc": float(self.params["quality"]) * (1 - 0.5**epoch)})
-            self.epochs_done = epoch
-            self.history.append(report)
-            out.append(report)
-            if callback is not None and callback(report, self):
-                break
+        try:
+            for epoch in range(self.epochs_done + 1, epochs + 1):
+                time.sleep(float(self.params["epoch_s"]))
+                report = EpochReport(epoch, {"val_auc": float(self.params["quality"]) * (1 - 0.5**epoch)})
+                self.epochs_done = epoch
+                self.history.append(report)
+                out.append(report)
+                if callback is not None and callback(report, self):
+                    break
+        except BaseException:  # stopped inside a report (Tune ends the thread): a slow clean-up, if asked
+            time.sleep(float(self.params.get("unwind_s", 0.0)))
+            raise
         return out
 
     def predict(self, dataset: Any) -> np.ndarray:
@@ -230,7 +235,7 @@ class Scripted(Family):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"quality": 0.5, "epoch_s": 0.2, "state_dir": None, "seed": 0}
+        return {"quality": 0.5, "epoch_s": 0.2, "state_dir": None, "seed": 0, "unwind_s": 0.0}
 
     @classmethod
     def build(cls, params: Mapping[str, Any], spec: DataSpec) -> ScriptedModel:
