@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SPACE = {"params": {"quality": {"type": "float", "low": 0.0, "high": 1.0}}, "fixed": {"epoch_s": 0.4}}
 #: (trials, epochs) of the first test's families: scripted's own --budget, tiny_cnn the run's.
-BUDGETS = {"scripted": (3, 2), "tiny_cnn": (2, 1)}
+BUDGETS = {"scripted": (2, 2), "tiny_cnn": (1, 1)}
 
 
 def _overlaps(run: RunDir, a: str, b: str) -> int:
@@ -44,11 +44,11 @@ def _study_sizes(run: RunDir) -> dict[str, int]:
 def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> None:
     """Two families at once (overlapping trials), then in turn (never overlapping), each with its own budget.
 
-    One pair of searches holds both properties (each Ray search costs ~30 s here): ``scripted`` has a
-    ``--budget`` of 3 trials x 2 epochs, ``tiny_cnn`` keeps the run's 2 x 1. Catches: families searched one
+    One pair of searches holds both properties (each trial in turn costs a Ray actor start): ``scripted`` has a
+    ``--budget`` of 2 trials x 2 epochs, ``tiny_cnn`` keeps the run's 1 x 1. Catches: families searched one
     after another, a family's Tune run not marked finished, a study with more or fewer trials than its budget,
     the driver's progress line per family instead of one; a per-family budget ignored (scripted at the run's
-    2 x 1) or applied to every family (tiny_cnn at 3 x 2), and a budget missing from the run's records.
+    1 x 1) or applied to every family (tiny_cnn at 2 x 2), and a budget missing from the run's records.
     """
     from dvt_search.runtime.driver import SearchOptions, run_search
 
@@ -56,7 +56,7 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
         tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": {"fixed": {"schedule": "none", "batch_size": 8}}}
     )
     common = dict(
-        manifest=phantom, storage=tmp_path / "runs", trials=2, max_epochs=1, budget=[{"scripted": (3, 2)}],
+        manifest=phantom, storage=tmp_path / "runs", trials=1, max_epochs=1, budget=[{"scripted": (2, 2)}],
         scheduler="fifo", size=32, space_dir=spaces, plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9,
         include_dashboard=False,
     )  # fmt: skip
@@ -69,27 +69,29 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
             (r.status, r.epochs, r.max_epochs) == ("completed", epochs, epochs) for r in records
         ), [(r.status, r.epochs, r.max_epochs, r.error) for r in records]
     assert sorted(run.read_info().state.finished_families) == ["scripted", "tiny_cnn"]
-    assert _study_sizes(run) == {"scripted": 3, "tiny_cnn": 2}
+    assert _study_sizes(run) == {"scripted": 2, "tiny_cnn": 1}
     assert _overlaps(run, "scripted", "tiny_cnn") > 0
     assert "searching 2 families at once: scripted, tiny_cnn" in out
     # the driver's one line over both families (from the records), not per-family lines from the actors
-    final = [ln for ln in out.splitlines() if ln.startswith("[scripted 3/3 done")]
-    assert final and "| tiny_cnn 2/2 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
+    final = [ln for ln in out.splitlines() if ln.startswith("[scripted 2/2 done")]
+    assert final and "| tiny_cnn 1/1 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
     # each family's own budget: announced, recorded in run.json, shown by `dvt-search status`
-    assert "[scripted] searching 3 trials, up to 2 epoch(s) each" in out
-    assert "[tiny_cnn] searching 2 trials, up to 1 epoch(s) each" in out
+    assert "[scripted] searching 2 trials, up to 2 epoch(s) each" in out
+    assert "[tiny_cnn] searching 1 trials, up to 1 epoch(s) each" in out
     runs = run.read_info().state.family_runs
     assert (runs["scripted"]["budget_epochs"], runs["tiny_cnn"]["budget_epochs"]) == (2, 1)
     lines = status_lines(run)
-    assert any(line.startswith("[scripted] 3/3 finished") for line in lines), lines
-    assert any(line.startswith("[tiny_cnn] 2/2 finished") for line in lines), lines
+    assert any(line.startswith("[scripted] 2/2 finished") for line in lines), lines
+    assert any(line.startswith("[tiny_cnn] 1/1 finished") for line in lines), lines
 
-    # The same search with --families-sequential: never two families' trials at once.
+    # The same families with --families-sequential: never two families' trials at once (one trial each is
+    # enough: searched at once, both would start together).
+    common["budget"] = []
     run_search(
         SearchOptions(name="in-turn", families=["scripted,tiny_cnn"], families_sequential=True, **common)
     )
     seq = RunDir(tmp_path / "runs" / "in-turn")
-    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [3, 2]
+    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [1, 1]
     assert _overlaps(seq, "scripted", "tiny_cnn") == 0
 
 
