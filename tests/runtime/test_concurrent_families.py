@@ -42,7 +42,8 @@ def _study_sizes(run: RunDir) -> dict[str, int]:
 
 
 def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> None:
-    """Two families at once (overlapping trials), then in turn (never overlapping), each with its own budget.
+    """Two families at once (overlapping trials), then in turn (never overlapping), each with its own budget;
+    the second run's Tune experiment restored at another concurrency.
 
     One pair of searches holds both properties (each trial in turn costs a Ray actor start): ``scripted`` has a
     ``--budget`` of 2 trials x 2 epochs, ``tiny_cnn`` keeps the run's 1 x 1. Catches: families searched one
@@ -93,6 +94,21 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
     seq = RunDir(tmp_path / "runs" / "in-turn")
     assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [1, 1]
     assert _overlaps(seq, "scripted", "tiny_cnn") == 0
+
+    # What --resume does with a family's Tune experiment (scripted, run at max_concurrent 1): Tuner.restore
+    # brings back the first run's pickled limiter, and this session's value replaces it on the very object
+    # Tuner.fit() hands to Tune. Catches a resume stuck at the first session's concurrency.
+    from ray import tune
+
+    from dvt_search.families.base import TrialNeeds
+    from dvt_search.runtime.tuning import family_trainable, restored_limiter, set_concurrency
+
+    assert seq.read_info().state.family_runs["scripted"]["max_concurrent"] == 1
+    trainable = family_trainable("scripted", TrialNeeds(budget=1))
+    tuner = tune.Tuner.restore(str(seq.tune_dir("scripted")), trainable=trainable)
+    assert restored_limiter(tuner).max_concurrent == 1
+    set_concurrency(tuner, 3)
+    assert tuner._local_tuner._tune_config.search_alg.max_concurrent == 3
 
 
 def _cmd(phantom, spaces, runs, *extra: str) -> list[str]:
