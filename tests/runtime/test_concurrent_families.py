@@ -53,9 +53,10 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
     """
     from dvt_search.runtime.driver import SearchOptions, run_search
 
-    spaces = write_spaces(
-        tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": {"fixed": {"schedule": "none", "batch_size": 8}}}
-    )
+    # tiny_cnn's one trial pauses 3 s after its epoch: longer than the gap between scripted's two trials in
+    # series (a trial actor start), so a concurrent search overlaps them even if one family starts late
+    tiny = {"fixed": {"schedule": "none", "batch_size": 8, "epoch_s": 3.0}}
+    spaces = write_spaces(tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": tiny})
     common = dict(
         manifest=phantom, storage=tmp_path / "runs", trials=1, max_epochs=1, budget=[{"scripted": (2, 2)}],
         scheduler="fifo", size=32, space_dir=spaces, plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9,
