@@ -1,4 +1,5 @@
-"""Every CNN family learns, on CPU, within about half a minute (slow tests).
+"""Every CNN family learns, on CPU, within about half a minute (slow tests; each stops at its first epoch
+above the bar).
 
 The data is synthetic and conspicuous on purpose: slices with two bright vessels on noisy tissue where
 positives hold a dark clot inside one of them (the phantom's structure, enlarged). The from-scratch paper
@@ -74,6 +75,8 @@ CLOT_CONFIG: dict[str, tuple[dict, int]] = {
     "patch_resnet50": ({}, 4),
 }
 CLOT_SIZE = 32
+#: the validation AUC a family must reach within its epochs
+LEARNED_AUC = 0.7
 
 
 @pytest.mark.parametrize("name", sorted(CLOT_CONFIG))
@@ -84,6 +87,9 @@ def test_learns_a_conspicuous_clot(name: str) -> None:
     data = FitData(train=ClotSlices(192, 0, CLOT_SIZE), val=ClotSlices(64, 1, CLOT_SIZE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the 1 x 1 patch grid at 32^2 has a single class: patch AUC nan
-        aucs = [r.metrics["val_auc"] for r in model.fit(data, epochs)]
+        # stops at the first epoch above the bar: the property is learning within `epochs`, and the epochs
+        # after it (up to 3 of 4 here) only cost time
+        reports = model.fit(data, epochs, callback=lambda r, _m: r.metrics["val_auc"] > LEARNED_AUC)
+    aucs = [r.metrics["val_auc"] for r in reports]
     print(f"{name}: val AUC per epoch {[round(a, 3) for a in aucs]}")
-    assert aucs[-1] > 0.7, aucs
+    assert aucs[-1] > LEARNED_AUC and len(aucs) <= epochs, aucs

@@ -1,14 +1,13 @@
-"""Per-family budgets (``--budget FAMILY=TRIALS[xEPOCHS]``): parse errors, resume checks, a search honouring them."""
+"""Per-family budgets (``--budget FAMILY=TRIALS[xEPOCHS]``): parse errors, resume checks (a search honouring
+them: test_concurrent_families.py)."""
 
 from __future__ import annotations
 
-import optuna
 import pytest
-from dvt_testkit_runtime import PLUGIN, write_spaces
+from dvt_testkit_runtime import write_spaces
 
 from dvt_search.cli import main
 from dvt_search.rundir import RunDir
-from dvt_search.rundir.status import status_lines
 from dvt_search.runtime.options import parse_budget
 
 
@@ -93,40 +92,6 @@ def test_resume_refuses_a_changed_per_family_budget(phantom, tmp_path) -> None:
     )
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_search_runs_each_familys_own_trials_and_epochs(ray_2_cpus, phantom, tmp_path, capsys) -> None:
-    from dvt_search.runtime.driver import SearchOptions, run_search
-
-    spaces = write_spaces(
-        tmp_path / "spaces",
-        {
-            "scripted": {
-                "params": {"quality": {"type": "float", "low": 0.0, "high": 1.0}},
-                "fixed": {"epoch_s": 0.0},
-            },
-            "tiny_cnn": {"fixed": {"batch_size": 8}},
-        },
-    )
-    opts = SearchOptions(
-        manifest=phantom, storage=tmp_path / "runs", name="b", families=["scripted,tiny_cnn"], trials=1,
-        max_epochs=1, budget=[{"scripted": (3, 2)}], scheduler="fifo", size=32, space_dir=spaces,
-        plugins=[PLUGIN], progress_every_s=1e9, include_dashboard=False,
-    )  # fmt: skip
-    run_search(opts)
-    out = capsys.readouterr().out
-    assert "[scripted] searching 3 trials, up to 2 epoch(s) each" in out
-    assert "[tiny_cnn] searching 1 trials, up to 1 epoch(s) each" in out
-    run = RunDir(tmp_path / "runs" / "b")
-    scripted, tiny = run.trials("scripted"), run.trials("tiny_cnn")
-    assert len(scripted) == 3 and all(
-        (r.status, r.epochs, r.max_epochs) == ("completed", 2, 2) for r in scripted
-    )
-    assert len(tiny) == 1 and (tiny[0].status, tiny[0].epochs, tiny[0].max_epochs) == ("completed", 1, 1)
-    runs = run.read_info().state.family_runs
-    assert (runs["scripted"]["budget_epochs"], runs["tiny_cnn"]["budget_epochs"]) == (2, 1)
-    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
-    assert len(optuna.load_study(study_name="scripted", storage=journal).trials) == 3
-    lines = status_lines(run)
-    assert any(line.startswith("[scripted] 3/3 finished") for line in lines)
-    assert any(line.startswith("[tiny_cnn] 1/1 finished") for line in lines)
+# A search honouring the budgets (scripted 3 x 2 beside tiny_cnn at the run's 2 x 1: records, Optuna
+# studies, run.json, status lines) is test_concurrent_families.py::test_two_families_search_at_once, which
+# shares its Ray search with the families-at-once checks.

@@ -18,10 +18,13 @@ import pytest
 from dvt_testkit_runtime import PLUGIN, write_spaces
 
 from dvt_search.rundir.layout import RunDir
+from dvt_search.rundir.status import status_lines
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SPACE = {"params": {"quality": {"type": "float", "low": 0.0, "high": 1.0}}, "fixed": {"epoch_s": 0.4}}
+#: (trials, epochs) of the first test's families: scripted's own --budget, tiny_cnn the run's.
+BUDGETS = {"scripted": (2, 2), "tiny_cnn": (1, 1)}
 
 
 def _overlaps(run: RunDir, a: str, b: str) -> int:
@@ -39,36 +42,74 @@ def _study_sizes(run: RunDir) -> dict[str, int]:
 
 
 def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> None:
+    """Two families at once (overlapping trials), then in turn (never overlapping), each with its own budget;
+    the second run's Tune experiment restored at another concurrency.
+
+    One pair of searches holds both properties (each trial in turn costs a Ray actor start): ``scripted`` has a
+    ``--budget`` of 2 trials x 2 epochs, ``tiny_cnn`` keeps the run's 1 x 1. Catches: families searched one
+    after another, a family's Tune run not marked finished, a study with more or fewer trials than its budget,
+    the driver's progress line per family instead of one; a per-family budget ignored (scripted at the run's
+    1 x 1) or applied to every family (tiny_cnn at 2 x 2), and a budget missing from the run's records.
+    """
     from dvt_search.runtime.driver import SearchOptions, run_search
 
-    spaces = write_spaces(
-        tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": {"fixed": {"schedule": "none"}}}
-    )
+    # tiny_cnn's one trial pauses 3 s after its epoch: longer than the gap between scripted's two trials in
+    # series (a trial actor start), so a concurrent search overlaps them even if one family starts late
+    tiny = {"fixed": {"schedule": "none", "batch_size": 8, "epoch_s": 3.0}}
+    spaces = write_spaces(tmp_path / "spaces", {"scripted": SPACE, "tiny_cnn": tiny})
     common = dict(
-        manifest=phantom, storage=tmp_path / "runs", trials=2, max_epochs=2, size=32, space_dir=spaces,
-        plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9, include_dashboard=False,
+        manifest=phantom, storage=tmp_path / "runs", trials=1, max_epochs=1, budget=[{"scripted": (2, 2)}],
+        scheduler="fifo", size=32, space_dir=spaces, plugins=[PLUGIN], max_concurrent=1, progress_every_s=1e9,
+        include_dashboard=False,
     )  # fmt: skip
     run_search(SearchOptions(name="together", families=["scripted,tiny_cnn"], **common))
     out = capsys.readouterr().out
     run = RunDir(tmp_path / "runs" / "together")
-    for fam in ("scripted", "tiny_cnn"):
+    for fam, (trials, epochs) in BUDGETS.items():
         records = run.trials(fam)
-        assert len(records) == 2 and all(r.final for r in records), [(r.status, r.error) for r in records]
+        assert len(records) == trials and all(
+            (r.status, r.epochs, r.max_epochs) == ("completed", epochs, epochs) for r in records
+        ), [(r.status, r.epochs, r.max_epochs, r.error) for r in records]
     assert sorted(run.read_info().state.finished_families) == ["scripted", "tiny_cnn"]
-    assert _study_sizes(run) == {"scripted": 2, "tiny_cnn": 2}
+    assert _study_sizes(run) == {"scripted": 2, "tiny_cnn": 1}
     assert _overlaps(run, "scripted", "tiny_cnn") > 0
     assert "searching 2 families at once: scripted, tiny_cnn" in out
     # the driver's one line over both families (from the records), not per-family lines from the actors
     final = [ln for ln in out.splitlines() if ln.startswith("[scripted 2/2 done")]
-    assert final and "| tiny_cnn 2/2 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
+    assert final and "| tiny_cnn 1/1 done" in final[-1] and "(finished)" in final[-1], out[-2000:]
+    # each family's own budget: announced, recorded in run.json, shown by `dvt-search status`
+    assert "[scripted] searching 2 trials, up to 2 epoch(s) each" in out
+    assert "[tiny_cnn] searching 1 trials, up to 1 epoch(s) each" in out
+    runs = run.read_info().state.family_runs
+    assert (runs["scripted"]["budget_epochs"], runs["tiny_cnn"]["budget_epochs"]) == (2, 1)
+    lines = status_lines(run)
+    assert any(line.startswith("[scripted] 2/2 finished") for line in lines), lines
+    assert any(line.startswith("[tiny_cnn] 1/1 finished") for line in lines), lines
 
-    # The same search with --families-sequential: never two families' trials at once.
+    # The same families with --families-sequential: never two families' trials at once (one trial each is
+    # enough: searched at once, both would start together).
+    common["budget"] = []
     run_search(
         SearchOptions(name="in-turn", families=["scripted,tiny_cnn"], families_sequential=True, **common)
     )
     seq = RunDir(tmp_path / "runs" / "in-turn")
-    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [2, 2]
+    assert [len(seq.trials(f)) for f in ("scripted", "tiny_cnn")] == [1, 1]
     assert _overlaps(seq, "scripted", "tiny_cnn") == 0
+
+    # What --resume does with a family's Tune experiment (scripted, run at max_concurrent 1): Tuner.restore
+    # brings back the first run's pickled limiter, and this session's value replaces it on the very object
+    # Tuner.fit() hands to Tune. Catches a resume stuck at the first session's concurrency.
+    from ray import tune
+
+    from dvt_search.families.base import TrialNeeds
+    from dvt_search.runtime.tuning import family_trainable, restored_limiter, set_concurrency
+
+    assert seq.read_info().state.family_runs["scripted"]["max_concurrent"] == 1
+    trainable = family_trainable("scripted", TrialNeeds(budget=1))
+    tuner = tune.Tuner.restore(str(seq.tune_dir("scripted")), trainable=trainable)
+    assert restored_limiter(tuner).max_concurrent == 1
+    set_concurrency(tuner, 3)
+    assert tuner._local_tuner._tune_config.search_alg.max_concurrent == 3
 
 
 def _cmd(phantom, spaces, runs, *extra: str) -> list[str]:

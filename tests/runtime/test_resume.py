@@ -140,28 +140,5 @@ def test_resume_refuses_changed_manifest_or_splits(phantom, tmp_path) -> None:
         run_search(SearchOptions(manifest=phantom, storage=tmp_path / "runs", name="r", resume=True))
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_restored_experiment_runs_at_this_sessions_concurrency(ray_2_cpus, phantom, tmp_path) -> None:
-    from ray import tune
-
-    from dvt_search.families.base import TrialNeeds
-    from dvt_search.runtime.driver import SearchOptions, run_search
-    from dvt_search.runtime.tuning import family_trainable, restored_limiter, set_concurrency
-
-    spaces = write_spaces(tmp_path / "spaces", {"scripted": {"fixed": {"epoch_s": 0.0}}})
-    opts = SearchOptions(
-        manifest=phantom, storage=tmp_path / "runs", name="c", families=["scripted"], trials=2,
-        max_epochs=1, size=32, space_dir=spaces, plugins=[PLUGIN], max_concurrent=1,
-        progress_every_s=1e9, include_dashboard=False,
-    )  # fmt: skip
-    run_search(opts)
-    run = RunDir(tmp_path / "runs" / "c")
-    assert run.read_info().state.family_runs["scripted"]["max_concurrent"] == 1
-    # What --resume does: Tuner.restore brings back the first run's pickled limiter ...
-    trainable = family_trainable("scripted", TrialNeeds(budget=1))
-    tuner = tune.Tuner.restore(str(run.tune_dir("scripted")), trainable=trainable)
-    assert restored_limiter(tuner).max_concurrent == 1
-    # ... and the session's value replaces it on the very object Tuner.fit() hands to Tune.
-    set_concurrency(tuner, 3)
-    assert tuner._local_tuner._tune_config.search_alg.max_concurrent == 3
+# A restored experiment running at this session's concurrency (Tuner.restore + set_concurrency) is checked
+# at the end of test_concurrent_families.py::test_two_families_search_at_once, on that test's own run.
