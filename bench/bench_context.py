@@ -13,6 +13,37 @@ Full run (the figure the issue asks for; about 1-2 h on 2 CPU cores; a GPU is fa
     python bench/bench_context.py --size 256 --patients 24 --slices-per-scan 24 --epochs 4 \\
         --cpu-budget-s 900 --threads 2 --out reports/bench_context_256.json
 
+Measured (2 CPU cores shared with other work; the run that wrote ``bench/results/bench_context_256.json``;
+the first row came from a first invocation, the rest from ``--resume`` with the same arguments)::
+
+    python bench/bench_context.py --size 256 --patients 60 --slices-per-scan 6 --epochs 4 --input-size 64 \
+        --crop-size 32 --cpu-budget-s 240 --threads 2 --out bench/results/bench_context_256.json --resume
+
+    standard preset 256^2, 60 patients: 535 train / 138 val / 143 test slices, 10 test patients;
+    budget: <= 4 epochs, stop after the epoch in which 240 CPU-s were spent (2 threads);
+    whole-slice families at 64^2 input, the cascade's crops (32 px) at the native 256^2
+    family          k  epochs  CPU-s   val AUC [95% clustered]  test AUC [95% clustered]
+    vein_cascade    0  4       296     0.846 [0.68, 0.93]       0.867 [0.76, 0.93]
+    vein_cascade    2  4       248     0.860 [0.73, 0.93]       0.845 [0.74, 0.91]
+    vgg16           0  2       431     0.534 [0.41, 0.66]       0.500 [0.40, 0.60]
+    vgg16           2  3       357     0.499 [0.33, 0.67]       0.488 [0.44, 0.54]
+    densenet161     0  2       269     0.609 [0.48, 0.72]       0.562 [0.46, 0.65]
+    densenet161     2  2       281     0.531 [0.38, 0.68]       0.537 [0.42, 0.65]
+    multitask_unet  0  1       254     0.494 [0.37, 0.62]       0.483 [0.38, 0.59]
+    multitask_unet  2  1       508     0.513 [0.39, 0.64]       0.492 [0.38, 0.60]
+    patch_resnet50  0  2       288     0.523 [0.41, 0.64]       0.515 [0.40, 0.63]
+    patch_resnet50  2  2       276     0.586 [0.40, 0.75]       0.510 [0.45, 0.57]
+    paired clustered tests on test (Holm over the five):
+      context 2 vs 0: vgg16 -0.012 [-0.137, +0.112] p 0.83; densenet161 -0.024 [-0.081, +0.032] p 0.35;
+                      multitask_unet +0.009 [-0.024, +0.042] p 0.57; patch_resnet50 -0.005 [-0.122, +0.111] p 0.92
+      vein_cascade (best val: k=2) vs the best whole-slice by val (densenet161 k=0):
+                      +0.283 [+0.136, +0.430], p 0.0020 (Holm 0.0098)
+
+Read it for what it is: at this CPU budget (one to four epochs) no whole-slice family learns (every test
+interval holds 0.5) and context cannot show an effect on models that learn nothing; the cascade, whose
+stage 2 sees 32-px native crops instead of a 64^2 thumbnail of the slice, does. A GPU budget is needed to
+say what context buys the whole-slice families.
+
 Smoke run (proves it works, < 2 min on 2 cores)::
 
     python bench/bench_context.py --size 64 --patients 6 --slices-per-scan 6 --epochs 1 \\
