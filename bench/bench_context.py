@@ -75,6 +75,7 @@ from dvt_search.data.schema import read_manifest  # noqa: E402
 from dvt_search.data.splits import make_splits  # noqa: E402
 from dvt_search.families.base import FitData  # noqa: E402
 from dvt_search.stats.clustered import clustered_auc_ci, clustered_test  # noqa: E402
+from dvt_search.stats.measures import holm  # noqa: E402
 
 CNN = ("vgg16", "densenet161", "multitask_unet", "patch_resnet50")
 #: Knobs that keep a CPU run affordable (the same for k = 0 and k = 2).
@@ -215,12 +216,10 @@ def comparisons(rows: list[dict[str, Any]], test: SliceDataset) -> list[dict[str
         out.append(
             {"what": "vein_cascade (best val) vs the best whole-slice (val)", **paired(casc, best, test)}
         )
-    ps = [c["p"] if np.isfinite(c["p"]) else 1.0 for c in out]
-    order = np.argsort(ps)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        out[i]["p_holm"] = running
+    # a non-estimable comparison stays in the family as p = 1 (as in the report's own Holm family)
+    adjusted = holm([c["p"] if np.isfinite(c["p"]) else 1.0 for c in out]) if out else []
+    for c, p_holm in zip(out, adjusted, strict=True):
+        c["p_holm"] = float(p_holm)
     return out
 
 
