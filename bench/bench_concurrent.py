@@ -107,9 +107,13 @@ def _spaces(directory: Path, cpu_epoch_s: float, gpu_epoch_s: float) -> Path:
 
 
 def _trial_pids(run: Any, family: str) -> dict[str, int]:
-    """Trial id -> pid of the process that ran it (Tune's per-trial ``result.json`` records ``pid``)."""
+    """Trial id -> pid of the process that ran it (Tune's per-trial ``result.json`` records ``pid``).
+
+    Looks in the family's own experiment and in the experiments it shares (``runtime/group.py``).
+    """
     out = {}
-    for path in run.tune_dir(family).glob("trial_*/result.json"):
+    dirs = [run.tune_dir(family), *(run.tune_group_dir(g) for g in run.tune_groups() if family in g)]
+    for path in (p for d in dirs for p in d.glob("trial_*/result.json")):
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         if lines:
             out[path.parent.name.removeprefix("trial_")] = int(json.loads(lines[0])["pid"])

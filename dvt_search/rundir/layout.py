@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ SPLITS_FILE = "splits.json"
 SPACES_DIR = "search_spaces"
 JOURNAL_FILE = "optuna.journal"
 TUNE_DIR = "tune"
+#: Joins the families of a shared Tune experiment in its directory name (family names never hold it).
+TUNE_GROUP_SEP = "+"
 TRAIN_DIR = "train"
 CACHE_DIR = "cache"
 TRIALS_DIR = "trials"
@@ -133,6 +135,20 @@ class RunDir:
     def tune_dir(self, family: str) -> Path:
         """The family's Ray Tune experiment (``tune/<family>``)."""
         return self.tune_root / family
+
+    def tune_group_dir(self, families: Sequence[str]) -> Path:
+        """The Ray Tune experiment several families share (``tune/<family>+<family>...``, sorted)."""
+        return self.tune_root / TUNE_GROUP_SEP.join(sorted(families))
+
+    def tune_groups(self) -> list[tuple[str, ...]]:
+        """The shared experiments on disk, each as its member families (sorted)."""
+        if not self.tune_root.is_dir():
+            return []
+        return [
+            tuple(p.name.split(TUNE_GROUP_SEP))
+            for p in sorted(self.tune_root.iterdir())
+            if p.is_dir() and TUNE_GROUP_SEP in p.name
+        ]
 
     def train_dir(self, family: str) -> Path:
         """Where the family's trials keep their own checkpoint stores (``train/<family>``)."""

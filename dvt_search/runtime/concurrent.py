@@ -44,6 +44,7 @@ last experiment snapshot, exactly as after a sequential driver's death.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -62,6 +63,7 @@ from dvt_search.rundir.status import family_done, live_records, progress_line
 
 from .options import RunError
 from .setup import TrialContext
+from .tuning import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +81,36 @@ class FamilySearch:
 
     def search(
         self,
-        ref: Mapping[str, Any],
-        max_concurrent: int,
+        refs: Mapping[str, Mapping[str, Any]],
+        caps: Mapping[str, int],
         progress_every_s: float,
         warm_cpus: float,
         reuse_actors: bool = True,
-    ) -> str:
-        """Pre-warm the family's shared cache when it has one, then run its Tune experiment to the end."""
+    ) -> list[str]:
+        """Pre-warm each family's shared cache when it has one, then run the experiment to its end.
+
+        ``refs``: one family (its own experiment) or several (one shared experiment, :mod:`.group`).
+        """
         from dvt_search.search.space import load_snapshot
 
+        from .group import run_group
         from .prewarm import prewarm
-        from .tuning import SessionSettings, run_family
+        from .tuning import run_family
 
-        ctx = TrialContext.load(ref)  # imports the run's plug-ins, reads run.json
-        space = load_snapshot(ctx.run.space_file(ctx.family), ctx.family)
-        if warm_cpus > 0 and families.get(ctx.family).warms_shared_cache:
-            prewarm(ctx, space, warm_cpus)
-        session = SessionSettings(
-            max_concurrent=max_concurrent, progress_every_s=progress_every_s, reuse_actors=reuse_actors
-        )
-        run_family(space, ctx, session)
-        return ctx.family
+        contexts = {f: TrialContext.load(ref) for f, ref in refs.items()}  # imports plug-ins, reads run.json
+        spaces = {f: load_snapshot(c.run.space_file(f), f) for f, c in contexts.items()}
+        for fam, ctx in contexts.items():
+            if warm_cpus > 0 and families.get(fam).warms_shared_cache:
+                prewarm(ctx, spaces[fam], warm_cpus)
+        session = SessionSettings(progress_every_s=progress_every_s, reuse_actors=reuse_actors)
+        if len(contexts) > 1:
+            run_group(spaces, contexts, caps, session)
+        else:
+            (fam,) = contexts
+            run_family(
+                spaces[fam], contexts[fam], dataclasses.replace(session, max_concurrent=int(caps[fam]))
+            )
+        return sorted(contexts)
 
 
 @dataclass
@@ -138,7 +149,7 @@ def search_concurrently(
     run: RunDir,
     config: RunConfig,
     spec: Mapping[str, Any] | None,
-    todo: list[str],
+    experiments: list[tuple[str, ...]],
     caps: Mapping[str, int],
     *,
     shown: list[str],
@@ -147,13 +158,14 @@ def search_concurrently(
     warm_cpus: float,
     reuse_actors: bool = True,
 ) -> list[str]:
-    """Search the families ``todo`` at once; returns those whose search ended with every trial ended.
+    """Search the ``experiments`` at once; returns the families whose search ended with every trial ended.
 
     Args:
         run: the run directory.
         config: the run's frozen configuration.
         spec: the training partition's data spec (already in ``run.json``).
-        todo: the unfinished families to search.
+        experiments: the unfinished families to search, by Tune experiment (:func:`.group.plan`): one
+            family, or several sharing one experiment.
         caps: each family's concurrency cap.
         shown: every family of the run (for the progress line).
         finished: families finished before this session.
@@ -170,39 +182,46 @@ def search_concurrently(
     if run.journal.is_file():
         repair_journal(run.journal)  # once, before several processes open it
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actors = {fam: FamilySearch.options(scheduling_strategy=here).remote() for fam in todo}
-    pids = dict(zip(todo, ray.get([actors[fam].pid.remote() for fam in todo]), strict=True))
+    actors = {exp: FamilySearch.options(scheduling_strategy=here).remote() for exp in experiments}
+    pids = dict(zip(experiments, ray.get([actors[exp].pid.remote() for exp in experiments]), strict=True))
     pending = {}
-    for fam in todo:
-        ref = TrialContext.derive(run, fam, config, spec).ref()
-        task = actors[fam].search.remote(ref, int(caps[fam]), progress_every_s, warm_cpus, reuse_actors)
-        pending[task] = fam
+    for exp in experiments:
+        refs = {fam: TrialContext.derive(run, fam, config, spec).ref() for fam in exp}
+        task = actors[exp].search.remote(
+            refs, {f: int(caps[f]) for f in exp}, progress_every_s, warm_cpus, reuse_actors
+        )
+        pending[task] = exp
     progress = _Progress(run, shown, config, progress_every_s, set(finished))
     done, failed = [], {}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(2.0, progress_every_s))
             for ref in ready:
-                fam = pending.pop(ref)
+                exp = pending.pop(ref)
                 try:
                     ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - one family's failure must not end the others
-                    failed[fam] = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc)
-                    print(f"[{fam}] search failed: {failed[fam]}", flush=True)
+                except Exception as exc:  # noqa: BLE001 - one experiment's failure must not end the others
+                    why = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else repr(exc)
+                    for fam in exp:
+                        failed[fam] = why
+                        print(f"[{fam}] search failed: {why}", flush=True)
                     continue
-                if family_done(run, fam, config.budget.trials_for(fam)):
-                    mark_finished(run, fam)
-                    progress.finished.add(fam)
-                    done.append(fam)
-                else:
-                    failed[fam] = "the search ended before every trial ended"
-                    print(f"[{fam}] search ended with unfinished trials; --resume continues it", flush=True)
+                for fam in exp:
+                    if family_done(run, fam, config.budget.trials_for(fam)):
+                        mark_finished(run, fam)
+                        progress.finished.add(fam)
+                        done.append(fam)
+                    else:
+                        failed[fam] = "the search ended before every trial ended"
+                        print(
+                            f"[{fam}] search ended with unfinished trials; --resume continues it", flush=True
+                        )
             progress.tick()
     except KeyboardInterrupt:
         print("interrupted: every family saves its Tune state (Ctrl-C again to skip)", flush=True)
-        for fam in pending.values():  # Tune's own stop signal (what Ctrl-C does to a sequential search)
+        for exp in pending.values():  # Tune's own stop signal (what Ctrl-C does to a sequential search)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pids[fam], signal.SIGUSR1)
+                os.kill(pids[exp], signal.SIGUSR1)
         with contextlib.suppress(KeyboardInterrupt):
             ray.wait(list(pending), num_returns=len(pending), timeout=STOP_WAIT_S)
         raise RunError(

@@ -21,6 +21,8 @@ from dvt_search.search.space import load_snapshot
 
 from .capacity import discover
 from .cluster import check_shared_storage, connect
+from .group import plan as plan_experiments
+from .group import run_group
 from .options import RunError, SearchOptions, resolve_families, run_config
 from .packing import check_auto, plan_gpus
 from .rundir import (
@@ -116,17 +118,25 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     warm_cpus = capacity.largest("CPU") if cfg.sift_cache else 0.0
     if together and cfg.sift_cache:  # the pre-warm runs beside GPU trials: only on CPUs they leave free
         warm_cpus = capacity.beside_gpu_trials(packed).largest("CPU") or warm_cpus
+    session = SessionSettings(progress_every_s=opts.progress_every_s, reuse_actors=opts.reuse_actors)
+    experiments = plan_experiments(rd, todo, needs, session, together=together)
+    for exp in experiments:
+        if len(exp) > 1:
+            print(
+                f"[{'+'.join(exp)}] one Tune experiment: a trial's process runs the next trial of any of these "
+                "families",
+                flush=True,
+            )
     if together:
         from .concurrent import search_concurrently
 
         print(f"searching {len(todo)} families at once: {', '.join(todo)}", flush=True)
         search_concurrently(
-            rd, cfg, spec, todo, caps, shown=fams, finished=finished,
+            rd, cfg, spec, experiments, caps, shown=fams, finished=finished,
             progress_every_s=opts.progress_every_s, warm_cpus=warm_cpus, reuse_actors=opts.reuse_actors,
         )  # fmt: skip
     else:
-        session = SessionSettings(progress_every_s=opts.progress_every_s, reuse_actors=opts.reuse_actors)
-        _search_in_turn(rd, cfg, spec, todo, caps, spaces, session, warm_cpus)
+        _search_in_turn(rd, cfg, spec, experiments, caps, spaces, session, warm_cpus)
     best = best_trials(rd, fams, cfg.metric)
     for fam, rec in best.items():
         if rec is None:
@@ -143,25 +153,34 @@ def _search_in_turn(
     rd: RunDir,
     cfg: Any,
     spec: dict[str, Any] | None,
-    todo: list[str],
+    experiments: list[tuple[str, ...]],
     caps: dict[str, int],
     spaces: dict[str, Any],
     session: SessionSettings,
     warm_cpus: float,
 ) -> None:
-    """The families one after another, each in this process (``--families-sequential``, or one family)."""
+    """The experiments one after another, each in this process (``--families-sequential``, or one family).
+
+    Families searched in turn form no shared experiment; one left by an interrupted concurrent session is
+    resumed whole (:func:`.group.plan`).
+    """
     if warm_cpus > 0:  # families that share a cache between their trials fill it once, up front
         from .prewarm import prewarm
 
-        for fam in todo:
+        for fam in (f for exp in experiments for f in exp):
             if families.get(fam).warms_shared_cache:
                 prewarm(TrialContext.derive(rd, fam, cfg, spec), spaces[fam], warm_cpus)
-    for fam in todo:
-        ctx = TrialContext.derive(rd, fam, cfg, spec)
-        run_family(spaces[fam], ctx, dataclasses.replace(session, max_concurrent=caps[fam]))
-        if family_done(rd, fam, cfg.budget.trials_for(fam)):
-            mark_finished(rd, fam)
-        else:  # Ctrl-C: Tune saved its state and returned early
-            raise RunError(
-                f"[{fam}] interrupted before every trial ended; continue with --resume --name {rd.path.name}"
-            )
+    for exp in experiments:
+        contexts = {fam: TrialContext.derive(rd, fam, cfg, spec) for fam in exp}
+        if len(exp) > 1:
+            run_group({f: spaces[f] for f in exp}, contexts, caps, session)
+        else:
+            (fam,) = exp
+            run_family(spaces[fam], contexts[fam], dataclasses.replace(session, max_concurrent=caps[fam]))
+        for fam in exp:
+            if family_done(rd, fam, cfg.budget.trials_for(fam)):
+                mark_finished(rd, fam)
+            else:  # Ctrl-C: Tune saved its state and returned early
+                raise RunError(
+                    f"[{fam}] interrupted before every trial ended; continue with --resume --name {rd.path.name}"
+                )

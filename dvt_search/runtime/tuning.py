@@ -216,6 +216,77 @@ def reuses_actors(needs: TrialNeeds, session: SessionSettings) -> bool:
     return bool(needs.reuse_actors and session.reuse_actors)
 
 
+def family_searcher(space: SearchSpace, ctx: TrialContext) -> OptunaStudySearcher:
+    """The family's Optuna searcher over its study in the run's journal."""
+    cfg = ctx.config
+    return OptunaStudySearcher(
+        space,
+        ctx.run.journal,
+        num_samples=cfg.budget.trials_for(ctx.family),
+        budget=ctx.budget,
+        metric=cfg.metric,
+        mode=cfg.mode,
+        seed=cfg.seed,
+        sampler=cfg.searcher.sampler,
+        startup_trials=cfg.searcher.startup_trials,
+        paper_trial=cfg.searcher.paper_trial,
+    )
+
+
+def family_scheduler(ctx: TrialContext) -> Any:
+    """The family's trial scheduler (ASHA, or FIFO for one-shot families)."""
+    return _scheduler(ctx.config.scheduler, ctx.budget)
+
+
+def family_callbacks(ctx: TrialContext, session: SessionSettings, gpus: GpuPlan | None) -> list[Any]:
+    """The callbacks that keep the family's run-directory records and its progress line."""
+    cfg, needs = ctx.config, ctx.needs
+    return [
+        RecordsCallback(
+            ctx.run.path,
+            ctx.family,
+            budget=ctx.budget,
+            metric=cfg.metric,
+            mode=cfg.mode,
+            cpus=needs.total_cpus,
+            gpus=needs.total_gpus,
+            gpu_plan=gpus,
+            workers=needs.workers,
+        ),
+        ProgressCallback(
+            ctx.family,
+            cfg.budget.trials_for(ctx.family),
+            budget=ctx.budget,
+            metric=cfg.metric,
+            mode=cfg.mode,
+            every_s=session.progress_every_s,
+        ),
+    ]
+
+
+def family_gpu_plan(ctx: TrialContext, gpus: GpuPlan | None = None) -> GpuPlan | None:
+    """The measured GPU shares of ``--gpus-per-trial auto`` (read from the run directory when not given)."""
+    if gpus is None and ctx.config.resources.gpus_auto and ctx.needs.gpus > 0:
+        gpus = GpuPlan.load(ctx.run, ctx.family, ctx.needs.cpus, ctx.spec)
+    return gpus
+
+
+def fit_quietly(tuner: tune.Tuner, run: Any, members: dict[str, int]) -> tune.ResultGrid:
+    """``tuner.fit()`` with the libraries quiet; then FAIL in Optuna for each finished family's open trials.
+
+    ``members``: family -> its trials per family (a family is finished once that many records ended).
+    Interrupted (Ctrl-C, Tune's stop signal): Tune saved its state and ``--resume`` re-runs the unfinished
+    trials, so their Optuna trials stay RUNNING (a FAIL cannot be undone).
+    """
+    with quiet_libraries():  # Tune's banners and Optuna's INFO lines stay off the terminal (.console)
+        results = tuner.fit()
+        for family, trials in members.items():
+            closed = close_unfinished(run.journal, family) if family_done(run, family, trials) else 0
+            if closed:
+                log.info("%s: %d failed trial(s) marked FAIL in the Optuna study", family, closed)
+    return results
+
+
 def run_family(
     space: SearchSpace, ctx: TrialContext, session: SessionSettings, gpus: GpuPlan | None = None
 ) -> tune.ResultGrid:
@@ -226,10 +297,8 @@ def run_family(
     RUNNING (errored trials) are told FAIL.
     """
     family, cfg, needs, run = ctx.family, ctx.config, ctx.needs, ctx.run
-    if gpus is None and cfg.resources.gpus_auto and needs.gpus > 0:  # a family's actor (.concurrent)
-        gpus = GpuPlan.load(run, family, needs.cpus, ctx.spec)
+    gpus = family_gpu_plan(ctx, gpus)
     exp_path = run.tune_dir(family)
-    journal = run.journal
     trials = cfg.budget.trials_for(family)
     param_space = {"run": ctx.ref()}
     if tune.Tuner.can_restore(str(exp_path)):
@@ -238,48 +307,16 @@ def run_family(
         set_concurrency(tuner, session.max_concurrent)
         set_reuse(tuner, reuses_actors(needs, session))
     else:
-        searcher = OptunaStudySearcher(
-            space,
-            journal,
-            num_samples=trials,
-            budget=ctx.budget,
-            metric=cfg.metric,
-            mode=cfg.mode,
-            seed=cfg.seed,
-            sampler=cfg.searcher.sampler,
-            startup_trials=cfg.searcher.startup_trials,
-            paper_trial=cfg.searcher.paper_trial,
-        )
-        callbacks = [
-            RecordsCallback(
-                run.path,
-                family,
-                budget=ctx.budget,
-                metric=cfg.metric,
-                mode=cfg.mode,
-                cpus=needs.total_cpus,
-                gpus=needs.total_gpus,
-                gpu_plan=gpus,
-                workers=needs.workers,
-            ),
-            ProgressCallback(
-                family,
-                trials,
-                budget=ctx.budget,
-                metric=cfg.metric,
-                mode=cfg.mode,
-                every_s=session.progress_every_s,
-            ),
-            TrainGroupReaper(),
-        ]
         tuner = tune.Tuner(
             family_trainable(family, needs, gpus=gpus),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,
                 mode=cfg.mode,
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(1, session.max_concurrent)),
-                scheduler=_scheduler(cfg.scheduler, ctx.budget),
+                search_alg=ConcurrencyLimiter(
+                    family_searcher(space, ctx), max_concurrent=max(1, session.max_concurrent)
+                ),
+                scheduler=family_scheduler(ctx),
                 num_samples=trials,
                 reuse_actors=reuses_actors(needs, session),
                 trial_dirname_creator=trial_dirname,
@@ -289,15 +326,8 @@ def run_family(
                 storage_path=str(run.tune_root),
                 # Trials keep their own checkpoints (see .checkpoints): none go through Tune.
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                callbacks=callbacks,
+                callbacks=[*family_callbacks(ctx, session, gpus), TrainGroupReaper()],
                 verbose=0,
             ),
         )
-    with quiet_libraries():  # Tune's banners and Optuna's INFO lines stay off the terminal (.console)
-        results = tuner.fit()
-        # Interrupted (Ctrl-C, Tune's stop signal): Tune saved its state and --resume re-runs the unfinished
-        # trials, so their Optuna trials stay RUNNING (a FAIL cannot be undone).
-        closed = close_unfinished(journal, family) if family_done(run, family, trials) else 0
-    if closed:
-        log.info("%s: %d failed trial(s) marked FAIL in the Optuna study", family, closed)
-    return results
+    return fit_quietly(tuner, run, {family: trials})
