@@ -40,12 +40,13 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback, PlacementGroupFactory
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import Searcher
 
 from dvt_search.families.base import TrialNeeds
 from dvt_search.rundir import RunDir
 from dvt_search.search.space import SearchSpace
 
+from .searcher import ResumableLimiter
 from .setup import TrialContext
 from .trainable import run_trial
 from .tuning import (
@@ -117,7 +118,7 @@ class GroupSearcher(Searcher):
     """
 
     def __init__(
-        self, members: Mapping[str, ConcurrencyLimiter], refs: Mapping[str, dict[str, Any]], **kw: Any
+        self, members: Mapping[str, ResumableLimiter], refs: Mapping[str, dict[str, Any]], **kw: Any
     ):
         super().__init__(**kw)
         self.members = dict(members)
@@ -169,14 +170,14 @@ class GroupSearcher(Searcher):
     def get_state(self) -> dict[str, Any]:
         return {
             "owner": dict(self.owner),
-            "members": {f: m.searcher.get_state() for f, m in self.members.items()},
+            "members": {f: m.get_state() for f, m in self.members.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.owner = {str(k): str(v) for k, v in state["owner"].items()}
         for fam, sub in state["members"].items():
             if fam in self.members:
-                self.members[fam].searcher.set_state(sub)
+                self.members[fam].set_state(sub)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))
@@ -343,7 +344,7 @@ def run_group(
     else:
         searcher = GroupSearcher(
             {
-                f: ConcurrencyLimiter(
+                f: ResumableLimiter(
                     family_searcher(spaces[f], contexts[f]), max_concurrent=max(1, int(caps[f]))
                 )
                 for f in fams

@@ -49,7 +49,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from dvt_search import families
 from dvt_search.rundir.journal import repair_journal
@@ -286,6 +286,33 @@ class OptunaStudySearcher(Searcher):
         self._owned = {str(k): int(v) for k, v in state["owned"].items()}
         self.num_samples = int(state["num_samples"])
         self.budget = int(state["budget"])
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+
+class ResumableLimiter(ConcurrencyLimiter):
+    """Ray's ``ConcurrencyLimiter`` whose saved state also holds its live trials.
+
+    Ray's limiter saves only the searcher it wraps, and passes a trial's completion on only for trials it
+    knows as live. A resumed experiment restores the limiter as pickled at the first start (no live trials),
+    so a trial that was running when the driver stopped, re-run and ended after ``--resume``, was never told
+    to Optuna (left RUNNING, later FAIL). This limiter restores them as live.
+    """
+
+    def get_state(self) -> dict[str, Any]:
+        return {"searcher": self.searcher.get_state(), "live": sorted(self.live_trials)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if "searcher" not in state:  # saved by Ray's limiter (an experiment started before): the searcher's
+            self.searcher.set_state(state)
+            return
+        self.searcher.set_state(state["searcher"])
+        self.live_trials = set(state["live"])
+        self.num_unfinished_live_trials = len(self.live_trials)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))

@@ -53,7 +53,7 @@ from dvt_search.search.space import SearchSpace
 from .callbacks import ProgressCallback, RecordsCallback, TrainGroupReaper
 from .console import quiet_libraries
 from .packing import GpuPlan
-from .searcher import OptunaStudySearcher, close_unfinished
+from .searcher import OptunaStudySearcher, ResumableLimiter, close_unfinished
 from .setup import DRIVER_CPU, TrialContext
 from .trainable import run_trial
 
@@ -313,7 +313,7 @@ def run_family(
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,
                 mode=cfg.mode,
-                search_alg=ConcurrencyLimiter(
+                search_alg=ResumableLimiter(
                     family_searcher(space, ctx), max_concurrent=max(1, session.max_concurrent)
                 ),
                 scheduler=family_scheduler(ctx),
