@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -38,6 +39,12 @@ def _overlaps(run: RunDir, a: str, b: str) -> int:
 def _study_sizes(run: RunDir) -> dict[str, int]:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
     return {s.study_name: len(optuna.load_study(study_name=s.study_name, storage=storage).trials)
+            for s in optuna.get_all_study_summaries(storage)}  # fmt: skip
+
+
+def _study_states(run: RunDir) -> dict[str, set[str]]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
+    return {s.study_name: {t.state.name for t in optuna.load_study(study_name=s.study_name, storage=storage).trials}
             for s in optuna.get_all_study_summaries(storage)}  # fmt: skip
 
 
@@ -112,34 +119,51 @@ def test_two_families_search_at_once(ray_2_cpus, phantom, tmp_path, capsys) -> N
     assert tuner._local_tuner._tune_config.search_alg.max_concurrent == 3
 
 
-def _cmd(phantom, spaces, runs, *extra: str) -> list[str]:
+FAMS = ("scripted", "scripted_gpu", "scripted_gpu_b")
+
+
+def _cmd(phantom, spaces, runs, address, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dvt_search.cli", "search", "--data", str(phantom),
-            "--family", "scripted,scripted_gpu", "--size", "32", "--storage", str(runs), "--name", "kill",
+            "--family", ",".join(FAMS), "--size", "32", "--storage", str(runs), "--name", "kill",
             "--space-dir", str(spaces), "--plugin", PLUGIN, "--no-dashboard", "--reduction-factor", "2",
-            "--progress-every", "1000", *extra]  # fmt: skip
+            "--progress-every", "1000", "--address", address, *extra]  # fmt: skip
 
 
 @pytest.fixture
-def no_ray_here() -> None:
+def gpu_cluster() -> Iterator[str]:
+    """A Ray cluster of one node with 2 CPUs and 2 fake GPUs, for driver subprocesses (``--address``)."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    ray.shutdown()  # the driver subprocesses start their own Ray; keep the 2 cores for them
+    ray.shutdown()  # the drivers connect to this cluster; keep the 2 cores for it
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False}
+    )
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
-def test_interrupted_concurrent_driver_resumes_every_family(no_ray_here, phantom, tmp_path) -> None:
+def test_interrupted_concurrent_driver_resumes_every_family(gpu_cluster, phantom, tmp_path) -> None:
+    """Ctrl-C to a driver searching a CPU family and two GPU families (these two in one shared Tune
+    experiment, ``runtime/group.py``), then ``--resume``: every family ends with exactly its trials, and every
+    Optuna trial is told its outcome (catches a resumed trial's end never reaching its study: it stayed
+    RUNNING and was closed FAIL, as with Ray's own ``ConcurrencyLimiter``)."""
     trials = 3
-    spaces = write_spaces(tmp_path / "spaces", {"scripted": SPACE, "scripted_gpu": SPACE})
+    spaces = write_spaces(tmp_path / "spaces", dict.fromkeys(FAMS, SPACE))
     runs = tmp_path / "runs"
     run = RunDir(runs / "kill")
+    extra = ("--trials", str(trials), "--max-epochs", "2", "--max-concurrent", "1", "--gpus-per-trial", "1")
     first = subprocess.Popen(
-        _cmd(phantom, spaces, runs, "--trials", str(trials), "--max-epochs", "2", "--max-concurrent", "1"),
+        _cmd(phantom, spaces, runs, gpu_cluster, *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1000"},  # only the stop signal's snapshot is fresh
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and first.poll() is None:
-            ended = {f: sum(r.final for r in run.trials(f)) for f in ("scripted", "scripted_gpu")}
+            ended = {f: sum(r.final for r in run.trials(f)) for f in FAMS}
             if run.path.is_dir() and min(ended.values()) >= 1:
                 break
             time.sleep(0.2)
@@ -152,24 +176,28 @@ def test_interrupted_concurrent_driver_resumes_every_family(no_ray_here, phantom
             first.wait()
     assert first.returncode == 1, out[-2000:] + err[-3000:]
     assert "interrupted; continue the run with --resume --name kill" in err, err[-3000:]
+    assert "[scripted_gpu+scripted_gpu_b] one Tune experiment" in out
     # no traceback from the driver itself (Ray may forward one from a trial process it ends at shutdown)
     own = [ln for ln in err.splitlines() if "pid=" not in ln]
     assert not any("Traceback" in ln for ln in own), err[-3000:]
-    assert "Stop signal received" in err  # each family's Tune run saved its state (Tune's own stop path)
+    assert "Stop signal received" in err  # each experiment's Tune run saved its state (Tune's own stop path)
     assert run.read_info().state.finished_families == []
+    assert run.tune_groups() == [("scripted_gpu", "scripted_gpu_b")]
 
-    second = subprocess.run(_cmd(phantom, spaces, runs, "--resume"), capture_output=True, text=True,
+    second = subprocess.run(_cmd(phantom, spaces, runs, gpu_cluster, "--resume"), capture_output=True, text=True,
                             timeout=600, start_new_session=True)  # fmt: skip
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "searching 2 families at once" in second.stdout
-    for fam in ("scripted", "scripted_gpu"):
+    assert "searching 3 families at once" in second.stdout
+    for fam in FAMS:
         records = run.trials(fam)
         assert len(records) == trials and all(r.final for r in records), [
             (r.status, r.error) for r in records
         ]
         assert sorted(r.optuna_number for r in records) == list(range(trials))
-    assert sorted(run.read_info().state.finished_families) == ["scripted", "scripted_gpu"]
-    assert _study_sizes(run) == {"scripted": trials, "scripted_gpu": trials}
+    assert sorted(run.read_info().state.finished_families) == list(FAMS)
+    assert _study_sizes(run) == dict.fromkeys(FAMS, trials)
+    states = _study_states(run)
+    assert all(s <= {"COMPLETE", "PRUNED"} for s in states.values()), states
 
 
 def test_each_family_keeps_its_own_trial_resources_in_the_jobs_registry(ray_2_cpus) -> None:
