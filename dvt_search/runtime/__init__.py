@@ -6,8 +6,10 @@ Modules (nothing is imported here, so ``import dvt_search.runtime`` stays cheap)
 * :mod:`.options` — the command's options and their resolution.
 * :mod:`.driver` — connects, then runs one Tune experiment per family; :mod:`.rundir` — the run
   directory's files, resume checks and per-family bookkeeping.
-* :mod:`.concurrent` — every family's experiment at once, one ``num_cpus=0`` Ray actor per family; the
-  driver keeps ``run.json`` and prints one progress line over all families.
+* :mod:`.concurrent` — every family's experiment at once, one ``num_cpus=0`` Ray actor per experiment;
+  the driver keeps ``run.json`` and prints one progress line over all families.
+* :mod:`.group` — the ``direct`` GPU families searched at once share one Tune experiment (each with its
+  own limiter, searcher, ASHA and records), so a trial's process runs the next trial of any of them.
 * :mod:`.tuning` — one family's Tuner: resources, ASHA, the searcher, fresh start or ``Tuner.restore``.
 * :mod:`.searcher` — a Tune ``Searcher`` over a persistent Optuna study (ask/tell, PRUNED for
   scheduler-stopped trials).

@@ -1,4 +1,8 @@
-"""Every family's Tune experiment at once: one Ray actor per family, the driver as the one record keeper.
+"""Every family's Tune experiment at once: one Ray actor per experiment, the driver as the one record keeper.
+
+An experiment is one family's, or one the ``direct`` GPU families share so a trial process can pass from
+one family to another (:mod:`.group`, :func:`~.group.plan`); each family keeps its own searcher, ASHA and
+records inside it.
 
 Why actors and not threads: Ray Tune keeps process-wide state per experiment. ``tune.with_resources``
 sets the trial resources as an attribute of the trainable function object; Tune installs its Ctrl-C
@@ -9,11 +13,12 @@ do not separate everything: Tune's trainable registry is one per Ray *job* (the 
 read back by every process), so each family registers its trainable under its own name
 (:func:`~.tuning.family_trainable`; under one shared name every family's trials were scheduled with the
 resources of the family that registered last: found by ``bench/bench_concurrent.py``, 4 one-GPU trials
-running on 2 GPUs). So each unfinished family
+running on 2 GPUs). So each experiment
 gets a :class:`FamilySearch` actor with ``num_cpus=0`` (it never takes a CPU a trial could use, and fits a
 ``CPU: 0`` head), pinned to the driver's node (``NodeAffinitySchedulingStrategy``): the actor runs
 exactly what the sequential driver runs for one family (its SIFT cache pre-warm, then
-:func:`~.tuning.run_family`: its own Tune experiment, ``ConcurrencyLimiter``, ASHA and Optuna searcher).
+:func:`~.tuning.run_family`: its own Tune experiment, concurrency limiter, ASHA and Optuna searcher), or
+:func:`~.group.run_group` for a shared experiment.
 
 Records stay correct with several writers:
 
@@ -22,7 +27,8 @@ Records stay correct with several writers:
 * the Optuna journal: one file, one study per family, appended by several processes under Optuna's own
   journal lock (``JournalFileBackend``); a torn tail is repaired before the actors start;
 * ``run.json``: written only by the driver (``note_family`` before the actors start, ``mark_finished``
-  as each actor returns with its family's records all ended): one writer, so no update is lost.
+  as each actor returns, for each of its families whose records all ended): one writer, so no update is
+  lost.
 
 Concurrency caps: :meth:`~.capacity.Capacity.concurrent_caps` (GPU families may each fill the cluster so
 one family's ASHA tail is filled by the others' trials; CPU-only families get the CPUs that GPU trials leave
@@ -32,7 +38,7 @@ Progress: the actors print nothing of their own (``ProgressCallback`` is silent 
 driver polls the records on disk and prints one line over every family whenever a count changes (and every
 ``--progress-every`` seconds).
 
-Interrupts: on Ctrl-C the driver sends each family's actor (a process on its own node) ``SIGUSR1``, the
+Interrupts: on Ctrl-C the driver sends each experiment's actor (a process on its own node) ``SIGUSR1``, the
 stop signal ``tune.run`` handles like SIGINT: each Tune run saves its experiment state and returns, as a
 sequential search does on Ctrl-C, its unfinished trials' Optuna trials stay RUNNING and ``--resume``
 re-runs them. (``ray.cancel`` cannot do this: for a running actor task it only sets a flag, and the

@@ -1,6 +1,6 @@
 """The search driver: connect, check every family's trials fit the cluster (what it can become: see
-:mod:`.capacity`), prepare (or verify, on ``--resume``) the run directory, then search the families: all at once by default (:mod:`.concurrent`: one Tune experiment per family, each in
-its own Ray actor), or one after another in this process (``--families-sequential``, and always for a
+:mod:`.capacity`), prepare (or verify, on ``--resume``) the run directory, then search the families: all at once by default (:mod:`.concurrent`: one Tune experiment per family, or one the
+GPU families share (:mod:`.group`), each in its own Ray actor), or one after another in this process (``--families-sequential``, and always for a
 single family).
 
 A resume searches the snapshotted spaces (a later edit of ``search_spaces/`` cannot mix into a running

@@ -23,6 +23,8 @@ telling the searcher, so a search at its concurrency cap hangs): every trial rai
 drops it); a retried trial starts from its store's latest checkpoint as before. ``ray-train`` trials get a
 fresh process each (a stopped Train run is cut where it stands, see :class:`~.callbacks.TrainGroupReaper`).
 A resumed experiment gets this session's setting (:func:`set_reuse`), as it gets its concurrency.
+Across families: the GPU families searched at once share one experiment (:mod:`.group`), so the process
+passes from one family's trial to another's too.
 
 Per-trial resources: ``direct`` trials reserve ``{"CPU": cpus, "GPU": gpus}`` (fractional GPUs pack several
 trials on one device); a ``ray-train`` trial's Tune function only waits on its trainer and reserves
@@ -30,7 +32,8 @@ trials on one device); a ``ray-train`` trial's Tune function only waits on its t
 ``gpus`` each too), so the driver fits beside one worker on a node of ``cpus`` CPUs and never lands on a ``CPU: 0`` head
 (the Train V2 controller runs on the Tune function's node; Ray's default of 1 CPU per trial would leave a
 2-worker trial unschedulable on 2 CPUs). Concurrency is capped by a
-``ConcurrencyLimiter`` at what the cluster holds, so ``ray-train`` trials never queue for workers. A resumed
+concurrency limiter (:class:`~.searcher.ResumableLimiter`: Ray's, whose saved state also keeps its live
+trials) at what the cluster holds, so ``ray-train`` trials never queue for workers. A resumed
 experiment gets this session's cap (``--max-concurrent`` or the cluster's size now), not the first run's
 (:func:`set_concurrency`: ``Tuner.restore`` would otherwise reload the pickled limiter).
 """
