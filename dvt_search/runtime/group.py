@@ -339,6 +339,7 @@ def run_group(
                 f"{type(restored.search_alg).__name__})"
             )
         restored.search_alg.set_max_concurrent(caps)
+        restored.search_alg.refs = {f: contexts[f].ref() for f in fams}  # this session's (new trials)
         restored.reuse_actors = reuse
         searcher = restored.search_alg
     else:

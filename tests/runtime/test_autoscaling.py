@@ -156,18 +156,23 @@ def test_a_trial_no_node_type_can_hold_is_refused_on_an_autoscaling_cluster(
     assert "Traceback" not in bad.stderr and not (runs / "gpu2").exists()
 
 
+FAMS = ("scripted", "scripted_gpu", "scripted_gpu_b")
+
+
 def test_all_families_at_once_on_an_empty_autoscaling_cluster(fake_cluster, phantom, tmp_path) -> None:
-    """A CPU-only and a GPU family searched at once: the GPU trials can only run on a worker the autoscaler
-    adds (the head has no CPU and no GPU), the CPU family's trials run beside them on the CPU workers."""
+    """A CPU-only and two GPU families searched at once: the GPU trials can only run on a worker the autoscaler
+    adds (the head has no CPU and no GPU), the CPU family's trials run beside them on the CPU workers, and
+    the two GPU families share one Tune experiment (``runtime/group.py``) whose trials wait for that worker."""
     address, config, env = fake_cluster
     space = {"params": {"quality": {"type": "float", "low": 0, "high": 1}}, "fixed": {"epoch_s": 0.5}}
-    spaces = write_spaces(tmp_path / "spaces", {"scripted": space, "scripted_gpu": space})
+    spaces = write_spaces(tmp_path / "spaces", dict.fromkeys(FAMS, space))
     runs = tmp_path / "runs"
-    done = _search(env, address, config, phantom, spaces, runs, "all", "--family", "scripted,scripted_gpu",
+    done = _search(env, address, config, phantom, spaces, runs, "all", "--family", ",".join(FAMS),
                    "--cpus-per-trial", "1", "--gpus-per-trial", "1", "--trials", "3", "--max-epochs", "2",
-                   "--reduction-factor", "2")  # fmt: skip
+                   "--budget", "scripted_gpu_b=2", "--reduction-factor", "2")  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "searching 2 families at once: scripted, scripted_gpu" in done.stdout
+    assert "searching 3 families at once: scripted, scripted_gpu, scripted_gpu_b" in done.stdout
+    assert "[scripted_gpu+scripted_gpu_b] one Tune experiment" in done.stdout
     assert f"cluster capacity from autoscaler config {config}" in done.stdout
     run = RunDir(runs / "all")
     family_runs = run.read_info().state.family_runs
@@ -175,7 +180,8 @@ def test_all_families_at_once_on_an_empty_autoscaling_cluster(fake_cluster, phan
     assert (
         family_runs["scripted_gpu"]["max_concurrent"] == 1 and family_runs["scripted"]["max_concurrent"] == 5
     )
-    for fam in ("scripted", "scripted_gpu"):
+    for fam, n in {"scripted": 3, "scripted_gpu": 3, "scripted_gpu_b": 2}.items():
         records = run.trials(fam)
-        assert len(records) == 3 and all(r.final for r in records), [(r.status, r.error) for r in records]
-    assert sorted(run.read_info().state.finished_families) == ["scripted", "scripted_gpu"]
+        assert len(records) == n and all(r.final for r in records), [(r.status, r.error) for r in records]
+    assert run.tune_groups() == [("scripted_gpu", "scripted_gpu_b")]
+    assert sorted(run.read_info().state.finished_families) == list(FAMS)
