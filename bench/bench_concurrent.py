@@ -53,14 +53,26 @@ concurrent,concurrent-fresh,sequential``, 4 trials x 2 epochs per family; 2 shar
     sequential          175.8 s       54.0 %   55.1 %   46.3 %   5.6 s
     -> 1.48x shorter concurrent than sequential; re-use: 1.29x shorter, GPU idle 28.2% -> 15.4%
 
-The goal (GPU idle <= 10% while trials remain) is still not met on this host: of the concurrent run's 36
-idle GPU-seconds, ~18 are the gaps where a GPU passes from one family to another (a new process, 8 s of
-imports at that load), ~10 the tail (one GPU trial left running), the rest the start-up (every family's
-first processes starting at once on 2 cores). The earlier figures (before the cut, same command; the
-``waiting``/``tail`` split recomputed from that run's records):
+That left, of the concurrent run's 36 idle GPU-seconds, ~18 at the points where a GPU passes from one
+family to another (a new process: a Tune actor belongs to one experiment), ~10 in the tail (one GPU trial
+left running) and the rest in the start-up. The second cut: the ``direct`` GPU families searched at once
+share ONE Tune experiment (:mod:`dvt_search.runtime.group`: each family keeps its own limiter, Optuna
+searcher, ASHA and records inside it), so Tune's actor re-use hands a process to the next trial of any
+of them. Measured after it, one run side by side (same command; load average 2.8-3.8 from one helper's
+tests):
 
-    idle machine:        concurrent  98.5 s  19.5 % (waiting 21.7 %, tail 4.8 %)   sequential 166.2 s  50.1 %
-    load average 20-30:  concurrent 164.9 s  19.0 %                                sequential 218.3 s  48.9 %
+    mode               makespan  GPU idle: all  waiting  tail   mean gap between GPU trials
+    concurrent           88.9 s       17.3 %    8.2 %   47.8 %   0.03 s (every gap a re-use: ``reset``)
+    concurrent-fresh    125.8 s       27.3 %   25.0 %   37.1 %   8.42 s (new process: 7.85 s)
+    sequential          169.0 s       53.4 %   54.0 %   48.7 %   4.94 s
+    -> 1.90x shorter concurrent than sequential (bench/results/bench_concurrent.json)
+
+A first run of ``--modes concurrent`` alone on an idle machine: 88.8 s, 13.7 % (waiting 3.4 %, tail
+48.1 %), every gap a re-use; before the shared experiment, the same command on the same idle machine:
+96.7 s, 17.9 % (waiting 10.8 %, tail 44.3 %), 6.68 s per new process. So the GPU idle while GPU trials
+are still to start is now within the 10 % goal; what remains of it is the start-up (every family's first
+processes importing torch at once on 2 cores). The ``all`` window is larger because of the tail: the
+last GPU trial (2 epochs, 20 s) runs alone while nothing is left to start, which no scheduling can fill.
 
 Fixed cost per one-worker CPU trial (``--modes fixed-fresh,fixed --fixed-trials 5 --epochs 2 --cpu-epoch-s
 2``: 5 trials one at a time, FIFO, 4 s of training each; load average ~9): 12.38 s per trial with a new
