@@ -67,9 +67,9 @@ tests):
     sequential          169.0 s       53.4 %   54.0 %   48.7 %   4.94 s
     -> 1.90x shorter concurrent than sequential (bench/results/bench_concurrent.json)
 
-A first run of ``--modes concurrent`` alone on an idle machine: 88.8 s, 13.7 % (waiting 3.4 %, tail
+A first run of ``--modes concurrent`` alone (machine mostly idle): 88.8 s, 13.7 % (waiting 3.4 %, tail
 48.1 %), every gap a re-use; before the shared experiment, the same command on the same idle machine:
-96.7 s, 17.9 % (waiting 10.8 %, tail 44.3 %), 6.68 s per new process. So the GPU idle while GPU trials
+96.7 s, 17.9 % (waiting 10.8 %, tail 44.3 %; idle machine), 6.68 s per new process. So the GPU idle while GPU trials
 are still to start is now within the 10 % goal; what remains of it is the start-up (every family's first
 processes importing torch at once on 2 cores). The ``all`` window is larger because of the tail: the
 last GPU trial (2 epochs, 20 s) runs alone while nothing is left to start, which no scheduling can fill.
