@@ -194,7 +194,7 @@ def search_concurrently(
     for exp in experiments:
         refs = {fam: TrialContext.derive(run, fam, config, spec).ref() for fam in exp}
         task = actors[exp].search.remote(
-            refs, {f: int(caps[f]) for f in exp}, progress_every_s, warm_cpus, reuse_actors
+            refs, {f: int(caps.get(f, 1)) for f in exp}, progress_every_s, warm_cpus, reuse_actors
         )
         pending[task] = exp
     progress = _Progress(run, shown, config, progress_every_s, set(finished))
@@ -213,6 +213,8 @@ def search_concurrently(
                         print(f"[{fam}] search failed: {why}", flush=True)
                     continue
                 for fam in exp:
+                    if fam in progress.finished:  # a member of a shared experiment finished before
+                        continue
                     if family_done(run, fam, config.budget.trials_for(fam)):
                         mark_finished(run, fam)
                         progress.finished.add(fam)
