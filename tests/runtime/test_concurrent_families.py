@@ -131,13 +131,14 @@ def _cmd(phantom, spaces, runs, address, *extra: str) -> list[str]:
 
 @pytest.fixture
 def gpu_cluster() -> Iterator[str]:
-    """A Ray cluster of one node with 2 CPUs and 2 fake GPUs, for driver subprocesses (``--address``)."""
+    """A Ray cluster of one node with 3 CPUs (a trial of each family at once) and 2 fake GPUs, for driver
+    subprocesses (``--address``)."""
     import ray
     from ray.cluster_utils import Cluster
 
     ray.shutdown()  # the drivers connect to this cluster; keep the 2 cores for it
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 2, "include_dashboard": False}
+        initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 2, "include_dashboard": False}
     )
     try:
         yield cluster.address
