@@ -6,12 +6,18 @@
 (2) Aggregate img/s of 4 small trials packed on one GPU (``--gpus-per-trial 0.25``, engine inside the Tune
     trial) vs one such trial alone (``--gpus-per-trial 1``): sum of the per-trial steady-state img/s, and
     training images / wall time of the whole search.
+(3) Fixed cost per one-GPU ``direct`` trial (issue 9: <= 5 s beyond its own training): ``--fixed-trials``
+    trials one after another (FIFO, one at a time, one GPU each), with a fresh process per trial
+    (``--no-reuse-actors``) and with the trial process re-used; per trial after the first, the time from the
+    previous trial's end to this one's end minus this trial's own fit (the epochs' ``wall_s``), and the
+    record span minus the fit. Part (1)'s Ray Train trial is the "before" of ``--trainer auto``.
 
 Needs Ray and Optuna importable (on the lab's GPU machine: ``bash ../shared/tools/gpu_carry.sh`` packs them).
 Without CUDA (``--tiny`` on a laptop) the same steps run on CPUs, with CPU fractions in place of GPU ones.
 
     python bench/gpu_search_check.py [--tiny] [--size 512] [--family multitask_unet] [--batch 32]
-        [--pack-batch 8] [--epochs 4] [--patients 8] [--slices 32] [--loader-workers 4] [--json OUT]
+        [--pack-batch 8] [--epochs 4] [--patients 8] [--slices 32] [--loader-workers 4] [--parts 123]
+        [--fixed-trials 4] [--json OUT]
 """
 
 from __future__ import annotations
@@ -127,6 +133,32 @@ def packing(args: argparse.Namespace, n_train: int) -> dict[str, Any]:
     return out
 
 
+def fixed_cost(args: argparse.Namespace) -> dict[str, Any]:
+    """One-GPU direct trials in turn: the cost of each trial beyond its own fit, fresh vs re-used process."""
+    res = {"gpus_per_trial": 1.0, "cpus_per_trial": float(args.loader_workers + 1)} if args.cuda else {}
+    out: dict[str, Any] = {}
+    for mode, reuse in (("fresh", False), ("reuse", True)):
+        run, wall = _search(
+            args, f"fixed-{mode}", trials=args.fixed_trials, trainer="direct", max_concurrent=1,
+            reuse_actors=reuse, **res,
+        )  # fmt: skip
+        recs = sorted(run.trials(args.family), key=lambda r: r.ended_at or 0.0)
+        fit = {
+            r.trial_id: sum(row["wall_s"] for row in run.read_epochs(args.family, r.trial_id)) for r in recs
+        }
+        per = [b.ended_at - a.ended_at - fit[b.trial_id] for a, b in zip(recs, recs[1:], strict=False)]
+        inside = [r.ended_at - r.started_at - fit[r.trial_id] for r in recs[1:]]
+        out[mode] = {
+            "trials": len(recs),
+            "fit_s": [round(fit[r.trial_id], 1) for r in recs],
+            "fixed_cost_per_trial_s": round(statistics.mean(per), 2) if per else None,
+            "fixed_cost_each_s": [round(x, 2) for x in per],
+            "in_record_s": round(statistics.mean(inside), 2) if inside else None,
+            "search_wall_s": round(wall, 1),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke run at 64^2")
@@ -138,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, default=8)
     p.add_argument("--slices", type=int, default=32)
     p.add_argument("--loader-workers", type=int, default=4)
-    p.add_argument("--parts", default="12")
+    p.add_argument("--parts", default="123", help="which parts to run (default all: 123)")
+    p.add_argument("--fixed-trials", type=int, default=4, help="trials of part (3) per mode (default 4)")
     p.add_argument("--json", type=Path, help="write the figures here too")
     args = p.parse_args(argv)
     if args.tiny:
@@ -195,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if "2" in args.parts:
             figures["packing"] = packing(args, len(train))
             print("packing:", json.dumps(figures["packing"]), flush=True)
+        if "3" in args.parts:
+            figures["fixed_cost"] = fixed_cost(args)
+            print("fixed cost per one-GPU trial:", json.dumps(figures["fixed_cost"]), flush=True)
         ray.shutdown()
     print(json.dumps(figures, indent=1))
     target = args.json or (
