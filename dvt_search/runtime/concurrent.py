@@ -55,7 +55,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,28 @@ log = logging.getLogger(__name__)
 
 #: Seconds the driver waits for interrupted families to save their Tune state before it exits.
 STOP_WAIT_S = 60.0
+#: Seconds the driver waits for the GPU experiments to ask for their trials' placement groups before it
+#: starts the CPU-only ones anyway (see :func:`_gpu_groups_asked`).
+GPU_FIRST_WAIT_S = 120.0
+
+
+def _gpu_groups_asked() -> int:
+    """Placement groups not removed whose bundles hold a GPU: the GPU trials that asked for their resources.
+
+    Why the CPU-only experiments wait for them: a CPU-only trial's placement group can land on a GPU node
+    and take the CPUs a GPU trial needs beside its GPU (Ray avoids GPU nodes for CPU-only tasks, not for
+    placement groups), and with actor re-use it keeps them for its family's whole search: that GPU then
+    idles (``bench/bench_concurrent.py --trials 8``: one GPU of two idle for the first half). Ray places
+    pending groups in the order they were asked for, so GPU trials asked first get their node's CPUs.
+    """
+    from ray.util import placement_group_table
+
+    return sum(
+        1
+        for pg in placement_group_table().values()
+        if pg.get("state") != "REMOVED"
+        and any(b.get("GPU", 0) > 0 for b in (pg.get("bundles") or {}).values())
+    )
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -163,6 +185,7 @@ def search_concurrently(
     progress_every_s: float,
     warm_cpus: float,
     reuse_actors: bool = True,
+    gpu_first: Collection[tuple[str, ...]] = (),
 ) -> list[str]:
     """Search the ``experiments`` at once; returns the families whose search ended with every trial ended.
 
@@ -178,6 +201,9 @@ def search_concurrently(
         progress_every_s: at least one progress line this often.
         warm_cpus: threads of a family's shared-cache pre-warm (0: no pre-warm).
         reuse_actors: whether a family's trial processes may run its next trials (:mod:`.tuning`).
+        gpu_first: the experiments whose trials use GPUs: started first, the others once these have asked
+            for their trials' placement groups (:func:`_gpu_groups_asked`), at most :data:`GPU_FIRST_WAIT_S`
+            later.
 
     Raises:
         RunError: a family's search failed (the others ran to their end), or the driver was interrupted
@@ -191,17 +217,36 @@ def search_concurrently(
     actors = {exp: FamilySearch.options(scheduling_strategy=here).remote() for exp in experiments}
     pids = dict(zip(experiments, ray.get([actors[exp].pid.remote() for exp in experiments]), strict=True))
     pending = {}
-    for exp in experiments:
-        refs = {fam: TrialContext.derive(run, fam, config, spec).ref() for fam in exp}
-        task = actors[exp].search.remote(
-            refs, {f: int(caps.get(f, 1)) for f in exp}, progress_every_s, warm_cpus, reuse_actors
-        )
-        pending[task] = exp
+
+    def launch(exps: list[tuple[str, ...]]) -> None:
+        for exp in exps:
+            refs = {fam: TrialContext.derive(run, fam, config, spec).ref() for fam in exp}
+            task = actors[exp].search.remote(
+                refs, {f: int(caps.get(f, 1)) for f in exp}, progress_every_s, warm_cpus, reuse_actors
+            )
+            pending[task] = exp
+
+    first = [e for e in experiments if e in set(gpu_first)]
+    later = [e for e in experiments if e not in set(first)]
+    launch(first if first else later)
+    later = later if first else []
+    deadline = time.monotonic() + GPU_FIRST_WAIT_S
     progress = _Progress(run, shown, config, progress_every_s, set(finished))
     done, failed = [], {}
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(2.0, progress_every_s))
+        while pending or later:
+            if later and (
+                time.monotonic() > deadline
+                or not any(e in first for e in pending.values())
+                or _gpu_groups_asked() > 0
+            ):
+                launch(later)
+                later = []
+            if not pending:
+                continue
+            ready, _ = ray.wait(
+                list(pending), num_returns=1, timeout=0.5 if later else min(2.0, progress_every_s)
+            )
             for ref in ready:
                 exp = pending.pop(ref)
                 try:

@@ -134,6 +134,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         search_concurrently(
             rd, cfg, spec, experiments, caps, shown=fams, finished=finished,
             progress_every_s=opts.progress_every_s, warm_cpus=warm_cpus, reuse_actors=opts.reuse_actors,
+            gpu_first=[e for e in experiments if any(packed[f].gpus > 0 for f in e if f in packed)],
         )  # fmt: skip
     else:
         _search_in_turn(rd, cfg, spec, experiments, caps, spaces, session, warm_cpus)
