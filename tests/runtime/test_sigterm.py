@@ -41,7 +41,7 @@ def _start(tmp_path: Path, **options):
     from dvt_testkit_sigterm import TrialProcess
 
     actor = ray.remote(num_cpus=1)(TrialProcess).options(**options).remote()
-    info = ray.get(actor.start.remote(), timeout=60)
+    info = ray.get(actor.start.remote(str(tmp_path / "not-mounted")), timeout=60)
     marker = tmp_path / "in_finalizer"
     return actor, info, marker
 
