@@ -33,6 +33,9 @@ A ``direct`` trial's process may run the family's next trial too (Tune's actor r
 :mod:`.tuning`): each trial first frees what the one before left (:func:`_fresh_process_state`) and
 raises Tune's wait for the previous trial's thread (:data:`REUSE_WAIT_S`).
 
+Tune ends a trial's process by SIGTERM (its placement group removed); a SIGTERM that lands while the
+process runs a finalizer ends it without a traceback on the terminal (:mod:`.sigterm`).
+
 A trial that the run's records show as already finished (``completed``/``stopped``) returns at once: a
 driver killed before Tune's next experiment snapshot restores it as unfinished.
 """
@@ -55,6 +58,7 @@ from ray.tune import Checkpoint
 from dvt_search import families
 from dvt_search.families.base import EpochReport, FitData, Model
 
+from . import sigterm
 from .callbacks import CHECKPOINT_KEY, TrainGroupReaper
 from .checkpoints import TrialCheckpoints
 from .console import epoch_line, trial_logger
@@ -181,6 +185,7 @@ def _epoch_callback(sink: EpochSink):
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of every family (``config = {"params", "optuna_number", "run"}``)."""
+    sigterm.install()  # Tune ends this process by SIGTERM: no traceback if it lands in a finalizer
     ref = config["run"]
     try:
         check_marker(ref)  # before anything else of the run is read from the storage
@@ -238,6 +243,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    sigterm.install()
     check_marker(config["run"])  # raises StorageError: the trial reports it (run_trial)
     ctx = TrialContext.load(config["run"])
     _quiet_checkpoint_logs()
