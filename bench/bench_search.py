@@ -7,12 +7,15 @@
     spends until its best ``val_auc`` reaches the best one random search found with its whole budget.
     Trials run one at a time, so "epochs spent" has one order (trial by trial). Every run uses the same
     splits; the two searches of a seed use different sampler seeds.
+(p) The same ``ray-train`` overhead as (a), with Ray's 2 s poll of the Train workers
+    (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2`` for the job) vs the trial's own 0.5 s
+    (``runtime/trainable.TRAIN_POLL_S``); each in its own Ray session, one after the other.
 (c) A SIFT-BoW-SVM search with the shared descriptor cache (pre-warmed once) vs ``--no-sift-cache``
     (every trial extracts its own descriptors): search wall time.
 
 Defaults take about 10 minutes on 2 cores; ``--tiny`` is a smoke run (about 3 minutes).
 
-    .venv/bin/python bench/bench_search.py [--tiny] [--parts abc] [--family multitask_unet] [--seeds 3]
+    .venv/bin/python bench/bench_search.py [--tiny] [--parts abc] (p: also the Train poll) [--family multitask_unet] [--seeds 3]
         [--trials 6] [--epochs 3] [--sift-trials 50] [--data MANIFEST] [--json OUT]
 """
 
@@ -63,38 +66,50 @@ def _options(args: argparse.Namespace, name: str, **kw: Any) -> Any:
     return SearchOptions(**base)
 
 
-def overhead(args: argparse.Namespace) -> dict[str, Any]:
-    """(a) wall per trial minus fit time, direct vs ray-train."""
+def _overhead_rows(args: argparse.Namespace, name: str, trainer: str) -> dict[str, Any]:
+    """One search of ``--trials-a`` one-epoch trials; each trial's wall time minus its own fit time."""
     from dvt_search.rundir.layout import RunDir
 
-    out: dict[str, Any] = {}
-    for trainer in ("direct", "ray-train"):
-        opts = _options(
-            args,
-            f"overhead-{trainer}",
-            families=[args.family],
-            trials=args.trials_a,
-            max_epochs=1,
-            trainer=trainer,
-        )
-        _quiet_run(opts)
-        run = RunDir(args.out / opts.name)
-        rows = []
-        for rec in run.trials(args.family):
-            fit = sum(r.get("wall_s", 0.0) for r in run.read_epochs(args.family, rec.trial_id))
-            rows.append((rec.wall_s, fit))
-        over = [w - f for w, f in rows]
-        out[trainer] = {
-            "trials": len(rows),
-            "wall_s": [round(w, 2) for w, _ in rows],
-            "fit_s": [round(f, 2) for _, f in rows],
-            "median_overhead_s": round(statistics.median(over), 2),
-        }
-        print(
-            f"(a) {trainer:9s} trial wall {', '.join(f'{w:.1f}' for w, _ in rows)} s | fit "
-            f"{', '.join(f'{f:.1f}' for _, f in rows)} s | median overhead {statistics.median(over):.1f} s",
-            flush=True,
-        )
+    opts = _options(args, name, families=[args.family], trials=args.trials_a, max_epochs=1, trainer=trainer)
+    _quiet_run(opts)
+    run = RunDir(args.out / opts.name)
+    rows = []
+    for rec in run.trials(args.family):
+        fit = sum(r.get("wall_s", 0.0) for r in run.read_epochs(args.family, rec.trial_id))
+        rows.append((rec.wall_s, fit))
+    over = [w - f for w, f in rows]
+    print(
+        f"({name}) trial wall {', '.join(f'{w:.1f}' for w, _ in rows)} s | fit "
+        f"{', '.join(f'{f:.1f}' for _, f in rows)} s | median overhead {statistics.median(over):.1f} s",
+        flush=True,
+    )
+    return {
+        "trials": len(rows),
+        "wall_s": [round(w, 2) for w, _ in rows],
+        "fit_s": [round(f, 2) for _, f in rows],
+        "median_overhead_s": round(statistics.median(over), 2),
+    }
+
+
+def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    """(a) wall per trial minus fit time, direct vs ray-train."""
+    return {
+        trainer: _overhead_rows(args, f"overhead-{trainer}", trainer) for trainer in ("direct", "ray-train")
+    }
+
+
+def train_poll(args: argparse.Namespace) -> dict[str, Any]:
+    """(p) ray-train overhead with Ray's 2 s Train worker poll vs the trial's own (own Ray session each)."""
+    import ray
+
+    out = {}
+    for label, env in (("ray_2s", {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2"}), ("trial_default", {})):
+        ray.shutdown()
+        ray.init(
+            num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
+            runtime_env={"env_vars": env} if env else None,
+        )  # fmt: skip
+        out[label] = _overhead_rows(args, f"poll-{label}", "ray-train")
     return out
 
 
@@ -178,7 +193,7 @@ def sift_cache(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="smoke run: minimal trials, epochs and seeds")
-    p.add_argument("--parts", default="abc", help="which parts to run (a, b, c)")
+    p.add_argument("--parts", default="abc", help="which parts to run (a, b, c; p: the Train poll)")
     p.add_argument("--data", type=Path, help="manifest (default: a generated phantom)")
     p.add_argument("--phantom-size", type=int, default=256)
     p.add_argument("--family", default="multitask_unet")
@@ -227,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             figures["tpe_asha_vs_random"] = tpe_vs_random(args)
         if "c" in args.parts:
             figures["sift_cache"] = sift_cache(args)
+        if "p" in args.parts:
+            figures["train_poll"] = train_poll(args)
         figures["total_s"] = round(time.perf_counter() - t0, 1)
         ray.shutdown()
     print(json.dumps(figures, indent=1))
