@@ -65,14 +65,29 @@ tests):
     concurrent           88.9 s       17.3 %    8.2 %   47.8 %   0.03 s (every gap a re-use: ``reset``)
     concurrent-fresh    125.8 s       27.3 %   25.0 %   37.1 %   8.42 s (new process: 7.85 s)
     sequential          169.0 s       53.4 %   54.0 %   48.7 %   4.94 s
-    -> 1.90x shorter concurrent than sequential (bench/results/bench_concurrent.json)
+    -> 1.90x shorter concurrent than sequential
 
-A first run of ``--modes concurrent`` alone (machine mostly idle): 88.8 s, 13.7 % (waiting 3.4 %, tail
-48.1 %), every gap a re-use; before the shared experiment, the same command on the same idle machine:
-96.7 s, 17.9 % (waiting 10.8 %, tail 44.3 %; idle machine), 6.68 s per new process. So the GPU idle while GPU trials
-are still to start is now within the 10 % goal; what remains of it is the start-up (every family's first
-processes importing torch at once on 2 cores). The ``all`` window is larger because of the tail: the
-last GPU trial (2 epochs, 20 s) runs alone while nothing is left to start, which no scheduling can fill.
+The same with ``--trials 8`` (``--modes concurrent``) showed what else could idle a GPU: 30.3 % while GPU
+trials were still to start, with every gap a re-use. One GPU ran no trial for the first 98 s: the CPU-only
+family's trials, started at the same moment, had taken both CPUs of that GPU node (Ray places a placement
+group on any node with the CPUs; it avoids GPU nodes for CPU-only tasks, not for placement groups), and
+with actor re-use they kept them for the family's whole search. The third cut: the driver starts the GPU
+experiments first and the CPU-only ones once GPU trials have asked for their placement groups
+(:func:`dvt_search.runtime.concurrent._gpu_groups_asked`; Ray places pending groups in the order they were
+asked for). ``--trials 8 --modes concurrent`` after it: 152.9 s (191.0 s before), 4.8 % GPU idle overall
+(31.3 %), 1.0 % while GPU trials were still to start (30.3 %), 29.0 % in the tail. And the side-by-side
+run again (same command, load average 0.4-3; ``bench/results/bench_concurrent.json``):
+
+    mode               makespan  GPU idle: all  waiting  tail   mean gap between GPU trials
+    concurrent           86.8 s       12.3 %    1.2 %   48.6 %   0.03 s (every gap a re-use)
+    concurrent-fresh    120.9 s       27.3 %   24.6 %   38.1 %   7.86 s (new process: 7.34 s)
+    sequential          148.3 s       49.2 %   53.2 %   24.6 %   2.71 s
+    -> 1.71x shorter concurrent than sequential
+
+So the GPU idle while GPU trials are still to start is within the 10 % goal (1.0-1.2 %, 8.2 % under load
+from other work). The ``all`` window is larger with few trials because of the tail: the last GPU trial
+(2 epochs, 20 s) runs alone while nothing is left to start, which no scheduling can fill; with 8 trials per
+family the whole search idles 4.8 %.
 
 Fixed cost per one-worker CPU trial (``--modes fixed-fresh,fixed --fixed-trials 5 --epochs 2 --cpu-epoch-s
 2``: 5 trials one at a time, FIFO, 4 s of training each; load average ~9): 12.38 s per trial with a new
