@@ -152,7 +152,12 @@ def test_interrupted_concurrent_driver_resumes_every_family(gpu_cluster, phantom
     Optuna trial is told its outcome (catches a resumed trial's end never reaching its study: it stayed
     RUNNING and was closed FAIL, as with Ray's own ``ConcurrencyLimiter``)."""
     trials = 3
-    spaces = write_spaces(tmp_path / "spaces", dict.fromkeys(FAMS, SPACE))
+    # GPU epochs of 2 s: the GPU experiment starts first (GPU-first), so with the CPU family's 0.4 s epochs it
+    # could otherwise end all its trials before the CPU family's first trial ends, and nothing is left to resume
+    slow = {**SPACE, "fixed": {"epoch_s": 2.0}}
+    spaces = write_spaces(
+        tmp_path / "spaces", {"scripted": SPACE, "scripted_gpu": slow, "scripted_gpu_b": slow}
+    )
     runs = tmp_path / "runs"
     run = RunDir(runs / "kill")
     extra = ("--trials", str(trials), "--max-epochs", "2", "--max-concurrent", "1", "--gpus-per-trial", "1")
