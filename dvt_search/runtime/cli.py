@@ -242,14 +242,16 @@ def register(subparsers: Any) -> None:
         "--families-sequential",
         action="store_true",
         help="search the families one after another (default: every family's study at once, each with its "
-        "own trials, ASHA and sampler, sharing the cluster)",
+        "own trials, ASHA and sampler, sharing the cluster; the direct GPU families in one shared Tune "
+        "experiment, GPU families started first)",
     )
     p.add_argument(
         "--no-reuse-actors",
         dest="reuse_actors",
         action="store_false",
-        help="start a fresh process for every trial (default: a direct trial's process, with its CPUs/GPU, "
-        "runs the family's next trial: no process start, imports or dataset opening in between)",
+        help="start a fresh process for every trial, and no shared experiment of GPU families (default: a "
+        "direct trial's process, with its CPUs/GPU, runs the family's next trial, or another GPU family's: "
+        "no process start, imports or dataset opening in between)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of splits, sampler and data order (default: 0)")
     p.add_argument(
