@@ -226,8 +226,9 @@ def search_concurrently(
             )
             pending[task] = exp
 
-    first = [e for e in experiments if e in set(gpu_first)]
-    later = [e for e in experiments if e not in set(first)]
+    gpu = set(gpu_first)
+    first = [e for e in experiments if e in gpu]
+    later = [e for e in experiments if e not in gpu]
     launch(first if first else later)
     later = later if first else []
     deadline = time.monotonic() + GPU_FIRST_WAIT_S

@@ -178,7 +178,8 @@ def _search_in_turn(
         else:
             (fam,) = exp
             run_family(spaces[fam], contexts[fam], dataclasses.replace(session, max_concurrent=caps[fam]))
-        for fam in (f for f in exp if f not in rd.read_info().state.finished_families):
+        finished = set(rd.read_info().state.finished_families)  # once per experiment, not per family
+        for fam in (f for f in exp if f not in finished):
             if family_done(rd, fam, cfg.budget.trials_for(fam)):
                 mark_finished(rd, fam)
             else:  # Ctrl-C: Tune saved its state and returned early
